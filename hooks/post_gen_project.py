@@ -1,0 +1,47 @@
+"""Finish the rendered project: real secrets in `.env`, and the answers recorded for re-rendering.
+
+Runs inside the generated project directory. Kept free of Jinja except the context line at the bottom, so
+tests/test_hooks.py can import and call the functions directly.
+"""
+
+import json
+import secrets
+import sys
+from pathlib import Path
+
+# Lines in .env.example whose value is this placeholder get a fresh secret; the settings refuse the placeholder
+# outside development, so a copied .env.example never reaches production with a shared password.
+PLACEHOLDER = "change-me"
+# Keys cookiecutter adds that describe this machine, not the answers; recording them would leak local paths.
+MACHINE_KEYS = {"_output_dir", "_repo_dir", "_checkout"}
+
+
+def write_env(project: Path) -> Path:
+    lines = []
+    for line in (project / ".env.example").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and value == PLACEHOLDER:
+            line = f"{key}={secrets.token_urlsafe(32)}"
+        lines.append(line)
+    env = project / ".env"
+    env.write_text("\n".join(lines) + "\n")
+    env.chmod(0o600)  # secrets: readable by the owner only
+    return env
+
+
+def record_answers(project: Path, context: dict) -> Path:
+    answers = {key: value for key, value in context.items() if key not in MACHINE_KEYS}
+    # The replay-file shape, so `cookiecutter --replay-file .cookiecutter.json TEMPLATE` re-renders this project.
+    path = project / ".cookiecutter.json"
+    path.write_text(json.dumps({"cookiecutter": answers}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def main(project: Path, context: dict) -> int:
+    write_env(project)
+    record_answers(project, context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path.cwd(), json.loads(r"""{{ cookiecutter | tojson }}""")))

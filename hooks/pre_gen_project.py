@@ -1,0 +1,84 @@
+"""Refuse bad cookiecutter answers before anything is written.
+
+Each check returns one line saying what is wrong and what is allowed; `main` prints it and exits 1, so cookiecutter
+removes nothing because it has created nothing yet. The functions take the answers as a dict so tests can call them
+without rendering (tests/test_hooks.py).
+"""
+
+import json
+import keyword
+import re
+import sys
+import zoneinfo
+
+SLUG_RE = re.compile(r"[a-z][a-z0-9-]*")
+# The slug ends up in node names, Redis key prefixes and Kubernetes names (63 characters with suffixes); keep it short.
+MAX_SLUG = 40
+QUEUE_RE = re.compile(r"[a-z0-9_-]+")
+# Names a dependency or Celery itself already uses: `import celery` inside a package called celery shadows the library.
+TAKEN_NAMES = {"celery", "kombu", "redis", "amqp", "billiard", "vine", "pydantic", "flower", "redbeat", "tests"}
+# Celery and RabbitMQ create queues with these prefixes for events, remote control and delayed delivery.
+RESERVED_QUEUE_PREFIXES = ("celery", "amq.")
+
+# Combinations that render but cannot work, each with the reason shown to the user. Later options add rows here.
+UNSUPPORTED: list[tuple[dict[str, str], str]] = []
+
+
+def check_names(answers: dict) -> list[str]:
+    slug, package = answers["project_slug"], answers["__package"]
+    errors = []
+    if not SLUG_RE.fullmatch(slug):
+        errors.append(f"project_slug {slug!r} must match [a-z][a-z0-9-]* (lowercase letters, digits, hyphens)")
+    if len(slug) > MAX_SLUG:
+        errors.append(f"project_slug {slug!r} is {len(slug)} characters; the limit is {MAX_SLUG}")
+    if not package.isidentifier():
+        errors.append(f"package name {package!r} (from project_slug) must be a valid Python identifier")
+    elif keyword.iskeyword(package) or package in sys.stdlib_module_names or package in TAKEN_NAMES:
+        errors.append(f"package name {package!r} would shadow a Python keyword or module; choose another project_slug")
+    return errors
+
+
+def check_queues(answers: dict) -> list[str]:
+    raw = answers["queues"]
+    names = [name.strip() for name in raw.split(",")]
+    if not raw.strip() or "" in names:
+        return [f"queues {raw!r} has an empty name; give comma-separated names like 'default,high,low'"]
+    errors = [f"queue name {name!r} must match [a-z0-9_-]+" for name in names if not QUEUE_RE.fullmatch(name)]
+    errors += [
+        f"queue name {name!r} is reserved by Celery/RabbitMQ; choose another"
+        for name in names
+        if name.startswith(RESERVED_QUEUE_PREFIXES)
+    ]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        errors.append(f"queues lists {', '.join(duplicates)} more than once; each queue name must be unique")
+    return errors
+
+
+def check_timezone(answers: dict) -> list[str]:
+    name = answers["timezone"]
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return [f"timezone {name!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')"]
+    return []
+
+
+def check_combinations(answers: dict) -> list[str]:
+    return [reason for combo, reason in UNSUPPORTED if all(answers.get(k) == v for k, v in combo.items())]
+
+
+def validate(answers: dict) -> list[str]:
+    return check_names(answers) + check_queues(answers) + check_timezone(answers) + check_combinations(answers)
+
+
+def main(answers: dict) -> int:
+    errors = validate(answers)
+    for error in errors:
+        print(f"ERROR: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    # tojson escapes quotes as \u0027, so the raw string below cannot be closed early by an answer.
+    sys.exit(main(json.loads(r"""{{ cookiecutter | tojson }}""")))

@@ -1,0 +1,157 @@
+"""A rendered project installed into this environment and run as real processes: workers via its bin/worker.
+
+The boot tier drives it like a user would: start scripts, the project's own commands, and small client programs
+run with the project's environment (each client is a fresh Python process, as a producer service would be).
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services import log_tail, process_family
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@dataclass
+class Proc:
+    """A process started in its own session, stopped by its process group (and escaped children)."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log.read_text(errors="replace"):
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(
+            f"{self.name}: {text!r} not logged in {timeout}s (exit {self.popen.poll()}):\n{log_tail(self.log)}"
+        )
+
+    def count(self, text: str) -> int:
+        return self.log.read_text(errors="replace").count(text)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM to the group (a warm shutdown for Celery), SIGKILL after `timeout`. Returns the exit code."""
+        if self.popen.poll() is None:
+            family = process_family(self.popen.pid)
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                for pid in process_family(self.popen.pid) | family:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@dataclass
+class BootedProject:
+    path: Path
+    package: str
+    queues: list[str]
+    env: dict[str, str]
+    logs: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.logs / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                argv,
+                cwd=self.path,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, queue: str, name: str | None = None) -> Proc:
+        """Through the generated start script, exactly as supervisor, compose and Kubernetes run it."""
+        name = name or queue
+        env = {
+            "WORKER_QUEUES": queue,
+            "WORKER_NAME": name,
+            "WORKER_HEARTBEAT_FILE": str(self.logs / f"{name}.heartbeat"),
+        }
+        return self.start(f"worker-{name}", [str(self.path / "bin" / "worker")], env)
+
+    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            argv,
+            cwd=self.path,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def client(self, code: str, timeout: float = 60) -> object:
+        """Run `code` as a producer would, with the project's package imported as `pkg`; returns its JSON output."""
+        program = f"import json\nimport {self.package} as pkg\n" + textwrap.dedent(code)
+        result = self.run(sys.executable, "-c", program, timeout=timeout)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def module(self, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", f"{self.package}.{module}", *args, env=env)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(timeout=30)
+
+
+def project_env(path: Path, redis_url: str, broker_url: str | None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        # The venv's celery and python, for bin/worker.
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ENVIRONMENT": "development",
+        "REDIS_URL": redis_url,
+    }
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+    return env
+
+
+def install(path: Path) -> None:
+    """pip install -e the rendered project: proves its pyproject installs; dependencies are already in this venv."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-e",
+            str(path),
+        ],
+        check=True,
+    )
+
+
+def uninstall(dist: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "-y", dist], check=False)
+
+
+def read_answers(path: Path) -> dict:
+    return json.loads((path / ".cookiecutter.json").read_text())["cookiecutter"]

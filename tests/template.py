@@ -1,0 +1,52 @@
+"""The template's options and rendering, shared by the fast and boot tiers.
+
+The test matrix is derived from cookiecutter.json: a new choice gets render, lint and parse tests for free.
+"""
+
+import itertools
+import json
+from pathlib import Path
+
+from cookiecutter.main import cookiecutter
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = json.loads((ROOT / "cookiecutter.json").read_text())
+# Choice options are the lists; the first item is the default.
+CHOICES = {name: values for name, values in OPTIONS.items() if isinstance(values, list) and not name.startswith("_")}
+
+# Every combination of the choice options, plus free-text answers that exercise the edges.
+SUPPORTED: list[dict[str, str]] = [
+    dict(zip(CHOICES, combo, strict=True)) for combo in itertools.product(*CHOICES.values())
+]
+SUPPORTED += [
+    {"queues": "default"},
+    {"queues": "default, high-priority,bulk_import,emails", "broker": "rabbitmq"},
+    # 40 characters, the longest slug the hook allows: generated lines must stay within the line length.
+    {"project_name": "Forty Character Project Name Goes Here X", "timezone": "Europe/Paris"},
+    {"project_name": "Billing", "description": 'Quotes "inside", backslash \\ and {braces}'},
+]
+
+# Answers the pre-generation hook must refuse, with the words its one-line reason must contain.
+UNSUPPORTED: list[tuple[dict[str, str], str]] = [
+    ({"project_slug": "my project"}, "project_slug 'my project' must match"),
+    ({"project_slug": "9lives"}, "project_slug '9lives' must match"),
+    ({"project_slug": "import"}, "package name 'import' would shadow"),
+    ({"project_slug": "json"}, "package name 'json' would shadow"),
+    ({"project_slug": "celery"}, "package name 'celery' would shadow"),
+    ({"project_slug": "x" * 41}, "is 41 characters; the limit is 40"),
+    ({"queues": ""}, "has an empty name"),
+    ({"queues": "default,,low"}, "has an empty name"),
+    ({"queues": "default,high,default"}, "lists default more than once"),
+    ({"queues": "default,Bad Queue"}, "queue name 'Bad Queue' must match [a-z0-9_-]+"),
+    ({"queues": "default,celeryev"}, "queue name 'celeryev' is reserved"),
+    ({"timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not an IANA time zone name"),
+]
+
+
+def case_id(answers: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in answers.items()) or "defaults"
+
+
+def render(output_dir: Path, answers: dict[str, str]) -> Path:
+    """Render the template with `answers` over the defaults; returns the project directory."""
+    return Path(cookiecutter(str(ROOT), no_input=True, output_dir=str(output_dir), extra_context=answers))

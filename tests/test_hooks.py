@@ -1,0 +1,78 @@
+"""Unit tests of the hooks, called as functions (the rendered hook runs `main` with the answers)."""
+
+import importlib.util
+import json
+import stat
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from template import ROOT
+
+
+def load_hook(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pre = load_hook("pre_gen_project")
+post = load_hook("post_gen_project")
+GOOD = {
+    "project_slug": "acme-jobs",
+    "__package": "acme_jobs",
+    "queues": "default,high,low",
+    "timezone": "UTC",
+    "broker": "redis",
+}
+
+
+def test_good_answers_pass() -> None:
+    assert pre.validate(GOOD) == []
+    assert pre.main(GOOD) == 0
+
+
+def test_spaces_around_queue_names_are_allowed() -> None:
+    assert pre.validate({**GOOD, "queues": "default, high , low"}) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"project_slug": "Acme"}, "must match [a-z][a-z0-9-]*"),
+        ({"__package": "acme-jobs"}, "must be a valid Python identifier"),
+        ({"__package": "class"}, "would shadow"),
+        ({"__package": "asyncio"}, "would shadow"),
+        ({"queues": "a,b,a"}, "lists a more than once"),
+        ({"queues": " "}, "empty name"),
+        ({"queues": "default,amq.direct"}, "must match"),
+        ({"timezone": "Europe/Atlantis"}, "not an IANA time zone"),
+        ({"timezone": "../etc/passwd"}, "not an IANA time zone"),
+    ],
+)
+def test_bad_answers_are_refused_with_a_reason(change: dict, message: str, capsys: pytest.CaptureFixture) -> None:
+    answers = {**GOOD, **change}
+    assert any(message in error for error in pre.validate(answers))
+    assert pre.main(answers) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unsupported_combination_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pre, "UNSUPPORTED", [({"broker": "redis"}, "redis cannot do X")])
+    assert pre.validate(GOOD) == ["redis cannot do X"]
+
+
+def test_env_gets_fresh_secrets_and_keeps_the_rest(tmp_path: Path) -> None:
+    (tmp_path / ".env.example").write_text("# PASSWORD=change-me\nA=change-me\nB=keep\nC=change-me\n")
+    env = post.write_env(tmp_path).read_text().splitlines()
+    assert env[0] == "# PASSWORD=change-me" and env[2] == "B=keep"
+    secrets = [env[1].split("=", 1)[1], env[3].split("=", 1)[1]]
+    assert post.PLACEHOLDER not in secrets and len(set(secrets)) == 2 and all(len(s) >= 32 for s in secrets)
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+
+def test_answers_are_recorded_without_machine_paths(tmp_path: Path) -> None:
+    context = {"project_name": "X", "__package": "x", "_template": "gh:org/t", "_output_dir": "/home/me/src"}
+    recorded = json.loads(post.record_answers(tmp_path, context).read_text())
+    assert recorded == {"cookiecutter": {"project_name": "X", "__package": "x", "_template": "gh:org/t"}}

@@ -1,0 +1,169 @@
+"""Tests for tests/services.py against real redis-server and rabbitmq-server processes (no mocks)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import kombu
+import pytest
+import redis
+from services import Service, free_port, process_family, require, start_rabbitmq, start_redis
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _assert_gone(service: Service) -> None:
+    """Nothing of the broker is left: no process in its group or below it, and its port is closed."""
+    assert not service.is_running()
+    assert process_family(service.pid) == set()
+    assert not _port_open(service.port)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_require_finds_a_binary() -> None:
+    assert require("sh").endswith("/sh")
+
+
+def test_require_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y no-such-broker"):
+        require("no-such-broker")
+
+
+def test_require_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no-such-broker not found"):
+        require("no-such-broker")
+
+
+# --- Redis -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_service(tmp_path: Path) -> Iterator[Service]:
+    service = start_redis(tmp_path / "redis")
+    yield service
+    service.stop()
+
+
+def test_redis_set_get(redis_service: Service) -> None:
+    with redis.Redis.from_url(redis_service.url) as client:
+        client.set("greeting", "hello")
+        assert client.get("greeting") == b"hello"
+    print(f"redis ready after {redis_service.start_seconds:.3f}s")
+
+
+def test_redis_kill_restart_keeps_aof_data(redis_service: Service) -> None:
+    with redis.Redis.from_url(redis_service.url) as client:
+        client.set("survivor", "yes")
+    old_pid, old_port = redis_service.pid, redis_service.port
+
+    redis_service.kill()
+    _assert_gone(redis_service)
+
+    redis_service.restart()
+    assert redis_service.port == old_port
+    assert redis_service.pid != old_pid
+    with redis.Redis.from_url(redis_service.url) as client:
+        assert client.get("survivor") == b"yes"  # replayed from the AOF in the same data dir
+
+
+def test_redis_stop_is_idempotent(redis_service: Service) -> None:
+    redis_service.stop()
+    _assert_gone(redis_service)
+    assert redis_service.proc.returncode is not None  # the leader was reaped
+    redis_service.stop()  # second call is a no-op
+    redis_service.kill()  # so is kill() on a stopped service
+
+
+def test_redis_password(tmp_path: Path) -> None:
+    service = start_redis(tmp_path / "redis", password="s3cret/pw", appendonly=False)
+    try:
+        assert service.url == f"redis://:s3cret%2Fpw@127.0.0.1:{service.port}/0"  # password URL-quoted
+        with redis.Redis.from_url(service.url) as client:
+            assert client.ping()
+        with redis.Redis(port=service.port) as anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.get("x")
+    finally:
+        service.stop()
+    _assert_gone(service)
+
+
+# --- RabbitMQ --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    # Module scope: a node takes seconds to boot, so all RabbitMQ tests share one.
+    service = start_rabbitmq(tmp_path_factory.mktemp("rabbitmq"))
+    yield service
+    service.stop()
+
+
+def _round_trip(url: str, queue_name: str, body: dict[str, str]) -> object:
+    with kombu.Connection(url, connect_timeout=5) as conn:
+        queue = kombu.Queue(queue_name, routing_key=queue_name)
+        with conn.Producer() as producer:
+            producer.publish(body, routing_key=queue_name, declare=[queue], serializer="json")
+        with conn.SimpleQueue(queue) as simple:
+            message = simple.get(timeout=5)
+            message.ack()
+            return message.payload
+
+
+def test_rabbitmq_message_round_trip(rabbitmq: Service) -> None:
+    print(f"rabbitmq ready after {rabbitmq.start_seconds:.2f}s")
+    assert rabbitmq.url == f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}//"
+    assert _round_trip(rabbitmq.url, "roundtrip", {"hello": "world"}) == {"hello": "world"}
+
+
+def test_rabbitmq_kill_restart_same_port(rabbitmq: Service) -> None:
+    old_port = rabbitmq.port
+    rabbitmq.kill()
+    _assert_gone(rabbitmq)
+
+    rabbitmq.restart()
+    print(f"rabbitmq ready again after {rabbitmq.start_seconds:.2f}s")
+    assert rabbitmq.port == old_port
+    assert _round_trip(rabbitmq.url, "after-restart", {"n": "2"}) == {"n": "2"}
+
+
+def test_rabbitmq_stop_leaves_no_process(rabbitmq: Service) -> None:
+    # Runs last in this module: stopping the shared node here is part of what is tested.
+    family = process_family(rabbitmq.pid)  # snapshot, including helpers that left the process group
+    assert any("beam.smp" in _cmdline(pid) for pid in family)
+
+    started = time.monotonic()
+    rabbitmq.stop()
+    print(f"rabbitmq graceful stop took {time.monotonic() - started:.1f}s")
+    _assert_gone(rabbitmq)
+    assert [pid for pid in family if _state(pid) not in ("gone", "Z")] == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -1,0 +1,52 @@
+"""Settings validation: bad configuration fails at start with a message that says what to fix."""
+
+import pytest
+from pydantic import ValidationError
+
+from {{ cookiecutter.__package }}.settings import Settings
+
+
+def make(**overrides: object) -> Settings:
+    # _env_file=None: only what the test passes (and the environment) counts, not the project's .env.
+    return Settings(_env_file=None, **overrides)
+
+
+def test_defaults_follow_the_template_answers() -> None:
+    settings = make()
+    assert settings.queues == {{ cookiecutter.__queues.split(',') | tojson }}
+    assert settings.timezone == "{{ cookiecutter.timezone }}"
+
+
+def test_visibility_timeout_covers_countdown_and_time_limit() -> None:
+    settings = make(max_countdown=600, task_time_limit=120, task_soft_time_limit=100)
+    assert settings.visibility_timeout > 600 + 120
+
+
+def test_too_short_visibility_timeout_is_refused_outside_development() -> None:
+    with pytest.raises(ValidationError, match="must exceed CELERY_MAX_COUNTDOWN"):
+        make(environment="production", visibility_timeout=60, redis_url="redis://:s3cret@redis:6379/0")
+
+
+def test_soft_limit_must_be_below_hard_limit() -> None:
+    with pytest.raises(ValidationError, match="must be above 0 and below"):
+        make(task_soft_time_limit=300, task_time_limit=300)
+
+
+@pytest.mark.parametrize("queues", ["", "a,a", "Bad Queue"])
+def test_bad_queue_lists_are_refused(queues: str) -> None:
+    with pytest.raises(ValidationError):
+        make(queues=queues)
+
+
+def test_unknown_timezone_is_refused() -> None:
+    with pytest.raises(ValidationError, match="not an IANA time zone"):
+        make(timezone="Mars/Olympus")
+
+
+def test_placeholder_secret_is_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="placeholder secret"):
+        make(environment="production", redis_url="redis://:change-me@redis:6379/0")
+
+
+def test_placeholder_secret_is_allowed_in_development() -> None:
+    assert make(environment="development", redis_url="redis://:change-me@localhost:6379/0").redis_url

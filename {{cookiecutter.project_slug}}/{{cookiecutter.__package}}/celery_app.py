@@ -1,0 +1,33 @@
+"""The Celery application: `celery --app {{ cookiecutter.__package }}.celery_app ...` loads this module."""
+
+from celery import Celery
+{%- if cookiecutter.broker == "rabbitmq" %}
+from celery.signals import worker_ready
+{%- endif %}
+
+{% if cookiecutter.broker == "rabbitmq" -%}
+from .queues import dead_letter_queues
+{% endif -%}
+from .worker_steps import HeartbeatStep, QueuePrefetchStep
+
+# Every task records its final failure as a dead letter (deadletters.py).
+app = Celery(__package__, task_cls=f"{__package__}.deadletters:DeadLetterTask")
+app.config_from_object(f"{__package__}.celeryconfig")
+# Task modules are listed, not autodiscovered, so a missing import fails at start rather than at first use.
+app.conf.imports = (
+    "{{ cookiecutter.__package }}.tasks.orders",
+    "{{ cookiecutter.__package }}.tasks.notifications",
+    "{{ cookiecutter.__package }}.tasks.prices",
+    "{{ cookiecutter.__package }}.tasks.workflows",
+)
+app.steps["worker"].update({QueuePrefetchStep, HeartbeatStep})
+{%- if cookiecutter.broker == "rabbitmq" %}
+
+
+@worker_ready.connect
+def declare_dead_letter_queues(sender: object, **_: object) -> None:
+    """Declare the "<queue>.dead" queues RabbitMQ dead-letters into; no worker consumes them, so -Q never would."""
+    with app.connection_for_write() as connection:
+        for queue in dead_letter_queues():
+            queue(connection.default_channel).declare()
+{%- endif %}

@@ -1,0 +1,73 @@
+"""Celery configuration: Celery's own lowercase setting names, values from settings.py.
+
+Loaded by `app.config_from_object`. Every value that differs from Celery's default says why.
+Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
+"""
+
+from .queues import DEFAULT_QUEUE, TASK_QUEUES, TASK_ROUTES
+from .settings import settings
+
+broker_url = settings.broker_url
+result_backend = settings.result_backend
+# Retry the broker connection at start instead of exiting, so a worker started before its broker waits for it.
+broker_connection_retry_on_startup = True
+# None: keep retrying while the broker is away (a worker that gives up becomes a crash loop in the orchestrator).
+broker_connection_max_retries = None
+{%- if cookiecutter.broker == "rabbitmq" %}
+broker_transport_options = {
+    # Publisher confirms: `delay()` returns only once RabbitMQ has the message, so a broker crash loses nothing sent.
+    "confirm_publish": True,
+}
+# Quorum queues are replicated and survive a node loss; classic mirrored queues are deprecated.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue-type
+task_default_queue_type = "quorum"
+# Quorum queues do not support global QoS; Celery detects them and uses per-consumer prefetch instead.
+worker_detect_quorum_queues = True
+{%- else %}
+broker_transport_options = {
+    # See the rule in settings.py: above the longest countdown plus the hard time limit.
+    "visibility_timeout": settings.visibility_timeout,
+}
+{%- endif %}
+
+# Routing: declared queues only. A route or `queue=` naming an undeclared queue raises instead of creating a queue
+# that no worker consumes.
+task_queues = TASK_QUEUES
+task_default_queue = DEFAULT_QUEUE
+task_default_exchange = DEFAULT_QUEUE
+task_default_routing_key = DEFAULT_QUEUE
+task_routes = TASK_ROUTES
+task_create_missing_queues = False
+
+# At-least-once delivery: acknowledge after the task finishes, so a worker that dies mid-task leaves the message to be
+# redelivered. Tasks must therefore be idempotent (see tasks/notifications.py).
+# https://docs.celeryq.dev/en/stable/faq.html#faq-acks-late-vs-retry
+task_acks_late = True
+# ...and also when the pool process running it is killed (OOM, hard time limit), not only when the worker dies.
+task_reject_on_worker_lost = True
+task_soft_time_limit = settings.task_soft_time_limit
+task_time_limit = settings.task_time_limit
+# Report STARTED so callers and Flower can tell "queued" from "running".
+task_track_started = True
+# An errback linked to a chord also runs for a failing header task, at once, instead of only after the chord gives up.
+# Celery's future default; set now so behaviour does not change under you on upgrade.
+task_allow_error_cb_on_chord_header = True
+
+# JSON only: pickle would let anyone who can publish to the broker run code in the worker.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+result_expires = settings.result_expires
+
+# Set per worker from its queue's profile in celery_app.py unless CELERY_WORKER_PREFETCH_MULTIPLIER overrides it.
+worker_prefetch_multiplier = settings.worker_prefetch_multiplier or 1
+worker_max_tasks_per_child = settings.worker_max_tasks_per_child
+worker_max_memory_per_child = settings.worker_max_memory_per_child
+worker_soft_shutdown_timeout = settings.worker_soft_shutdown_timeout
+# Task events feed Flower and monitoring; off by default in Celery.
+worker_send_task_events = True
+
+timezone = settings.timezone
+# Store and compare times in UTC; `timezone` only decides how crontab entries are read.
+enable_utc = True

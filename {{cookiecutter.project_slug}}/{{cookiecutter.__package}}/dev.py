@@ -1,0 +1,109 @@
+"""`make dev`: local Redis{% if cookiecutter.broker == "rabbitmq" %} and RabbitMQ{% endif %} when none is configured, then one worker per queue. Ctrl-C stops all.
+
+Runs before settings can be loaded (REDIS_URL may not exist yet), so it reads `.env` itself.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from . import devservers
+
+PROJECT = Path(__file__).resolve().parent.parent
+RUN_DIR = PROJECT / ".run"  # data and logs of the local servers; delete it to start from scratch
+
+
+def _env() -> dict[str, str]:
+    # Real environment variables win over .env, as in settings.py.
+    env = {**{k: v for k, v in dotenv_values(PROJECT / ".env").items() if v is not None}, **os.environ}
+    # bin/worker runs `celery` from PATH: make it this interpreter's (the virtualenv's) celery.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _port(preferred: int) -> int:
+    return preferred if devservers.port_is_free(preferred) else devservers.free_port()
+
+
+def start_servers(env: dict[str, str]) -> list[devservers.Server]:
+    servers = []
+    if not env.get("REDIS_URL"):
+        redis = devservers.start_redis(RUN_DIR / "redis", _port(6379), env.get("REDIS_PASSWORD"))
+        env["REDIS_URL"] = redis.url
+        servers.append(redis)
+{%- if cookiecutter.broker == "rabbitmq" %}
+    if not env.get("CELERY_BROKER_URL"):
+        rabbit = devservers.start_rabbitmq(
+            RUN_DIR / "rabbitmq", _port(5672), "{{ cookiecutter.__package }}", env.get("RABBITMQ_PASSWORD", "guest")
+        )
+        env["CELERY_BROKER_URL"] = rabbit.url
+        servers.append(rabbit)
+{%- endif %}
+    return servers
+
+
+def start_workers(env: dict[str, str]) -> dict[str, subprocess.Popen]:
+    queues = [q.strip() for q in env.get("CELERY_QUEUES", "{{ cookiecutter.__queues }}").split(",")]
+    workers = {}
+    for queue in queues:
+        log = RUN_DIR / f"worker-{queue}.log"
+        print(f"  worker  queue={queue:<12} log={log.relative_to(PROJECT)}")
+        # Output to a file per worker: several interleaved worker logs on one terminal are unreadable.
+        with log.open("ab") as out:
+            workers[queue] = subprocess.Popen(
+                [str(PROJECT / "bin" / "worker")],
+                env={**env, "WORKER_QUEUES": queue},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    return workers
+
+
+def stop_workers(workers: dict[str, subprocess.Popen], timeout: float = 60) -> None:
+    for proc in workers.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
+    deadline = time.monotonic() + timeout
+    for proc in workers.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    env = _env()
+    servers = start_servers(env)
+    for server in servers:
+        print(f"  {server.name:<7} {server.url.split('@')[-1]}  log={server.log.relative_to(PROJECT)}")
+    workers = start_workers(env)
+    # SIGTERM (e.g. from a supervisor of this script) takes the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    print("Running. Ctrl-C stops everything.")
+    try:
+        while all(proc.poll() is None for proc in workers.values()):
+            time.sleep(0.5)
+        failed = [queue for queue, proc in workers.items() if proc.poll() is not None]
+        print(f"worker(s) for {failed} exited; see their logs in {RUN_DIR}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping workers (warm shutdown), then servers ...")
+        return 0
+    finally:
+        stop_workers(workers)
+        for server in reversed(servers):
+            server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The queues this project declares, how each is tuned, and which tasks go where.
+
+Adding a queue: add it to CELERY_QUEUES (settings.py default and .env.example), give it a profile below, route tasks
+to it in TASK_ROUTES, and start a worker for it (`WORKER_QUEUES=name bin/worker`).
+"""
+
+from dataclasses import dataclass
+
+from kombu import Exchange, Queue
+
+from .settings import settings
+
+{%- set queues = cookiecutter.__queues.split(',') %}
+{%- set q_high = queues[1] if queues | length > 1 else queues[0] %}
+{%- set q_low = queues[2] if queues | length > 2 else q_high %}
+
+DEFAULT_QUEUE = settings.queues[0]
+
+
+@dataclass(frozen=True)
+class QueueProfile:
+    # How many messages each pool process reserves ahead. >1 saves broker round trips for many short tasks; 1 keeps a
+    # long task from holding messages that an idle worker could run (with acks_late they would wait unacknowledged).
+    # https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits
+    prefetch_multiplier: int
+
+
+# TODO: set each queue's profile from what its tasks do (short and many -> 4, long or latency-sensitive -> 1).
+PROFILES: dict[str, QueueProfile] = {
+{%- for name in queues %}
+    {%- if loop.first %}
+    # The default queue gets many short tasks: prefetch a few to save round trips.
+    "{{ name }}": QueueProfile(prefetch_multiplier=4),
+    {%- else %}
+    "{{ name }}": QueueProfile(prefetch_multiplier=1),
+    {%- endif %}
+{%- endfor %}
+}
+
+# Routes by task module, so a new task lands on the queue of its module without touching this table. A route to a
+# queue that is not declared fails at import (below) instead of publishing to a queue nobody consumes.
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    "{{ cookiecutter.__package }}.tasks.orders.*": {"queue": "{{ queues[0] }}"},
+    "{{ cookiecutter.__package }}.tasks.workflows.*": {"queue": "{{ queues[0] }}"},
+    "{{ cookiecutter.__package }}.tasks.notifications.*": {"queue": "{{ q_high }}"},
+    "{{ cookiecutter.__package }}.tasks.prices.*": {"queue": "{{ q_low }}"},
+}
+
+
+def _declare(name: str) -> Queue:
+{%- if cookiecutter.broker == "rabbitmq" %}
+    # Quorum queues are replicated and durable; a message redelivered more than x-delivery-limit times (a poison
+    # message that keeps killing workers) is dead-lettered to "<name>.dead" instead of looping forever.
+    return Queue(
+        name,
+        Exchange(name, type="direct"),
+        routing_key=name,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 10,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+            "x-dead-letter-routing-key": dead_letter_queue_name(name),
+        },
+    )
+{%- else %}
+    # One direct exchange per queue keeps routing explicit and lets `celery purge -Q name` touch one queue only.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+{%- endif %}
+
+{%- if cookiecutter.broker == "rabbitmq" %}
+
+
+# RabbitMQ moves rejected and over-delivered messages here (native dead-lettering); nothing consumes these queues, an
+# operator inspects and replays them. Application-level dead letters (bad payloads, exhausted retries) go to Redis, see
+# deadletters.py.
+DEAD_LETTER_EXCHANGE = Exchange("dead-letters", type="direct")
+
+
+def dead_letter_queue_name(name: str) -> str:
+    return f"{name}.dead"
+
+
+def dead_letter_queues() -> list[Queue]:
+    return [
+        Queue(
+            dead_letter_queue_name(name),
+            DEAD_LETTER_EXCHANGE,
+            routing_key=dead_letter_queue_name(name),
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for name in settings.queues
+    ]
+{%- endif %}
+
+
+def _check() -> None:
+    missing_profiles = sorted(set(settings.queues) - PROFILES.keys())
+    if missing_profiles:
+        raise RuntimeError(f"queues {missing_profiles} have no entry in PROFILES (queues.py); add one")
+    for pattern, route in TASK_ROUTES.items():
+        if route["queue"] not in settings.queues:
+            raise RuntimeError(f"TASK_ROUTES sends {pattern} to {route['queue']!r}, not one of {settings.queues}")
+
+
+def prefetch_for(queue_names: list[str]) -> int:
+    """The prefetch a worker consuming these queues should use: the most cautious of their profiles."""
+    return min(PROFILES[name].prefetch_multiplier for name in queue_names)
+
+
+_check()
+TASK_QUEUES = tuple(_declare(name) for name in settings.queues)

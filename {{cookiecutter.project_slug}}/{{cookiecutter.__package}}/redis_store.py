@@ -1,0 +1,18 @@
+"""The project's own Redis keys (idempotency, dead letters, outbox), apart from what Celery stores there itself."""
+
+from functools import cache
+
+import redis
+
+from .settings import settings
+
+
+@cache
+def client() -> redis.Redis:
+    # One pooled client per process; decode_responses so callers get str, not bytes.
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+
+
+def key(*parts: str) -> str:
+    """A namespaced key, e.g. key("idempotency", "send_receipt", "42") -> "<prefix>:idempotency:send_receipt:42"."""
+    return ":".join((settings.key_prefix, *parts))

@@ -1,0 +1,146 @@
+"""Every runtime setting in one validated place, read from the environment and `.env`.
+
+Field names follow Celery's own lowercase setting names; the environment variable is the same name upper-cased with a
+`CELERY_` prefix (`task_time_limit` <- `CELERY_TASK_TIME_LIMIT`). Connection URLs shared by several parts keep their
+conventional names (`REDIS_URL`). `.env.example` documents every variable.
+"""
+
+import re
+import zoneinfo
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The value `.env.example` ships for secrets; the post-generation hook replaced it in your `.env`.
+PLACEHOLDER_SECRET = "change-me"
+QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
+
+
+def _unprefixed(name: str) -> FieldInfo:
+    """A field read from a conventional variable name (REDIS_URL), not the CELERY_ prefixed one."""
+    return Field(default=None, validation_alias=AliasChoices(name))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CELERY_", env_file=".env", extra="ignore")
+
+    # development allows placeholder secrets and local defaults; anything else refuses them.
+    environment: Literal["development", "staging", "production"] = Field(
+        default="development", validation_alias=AliasChoices("ENVIRONMENT")
+    )
+    # Results, idempotency keys and dead letters live here{% if cookiecutter.broker == "redis" %} (and it is the broker){% endif %}.
+    redis_url: str | None = _unprefixed("REDIS_URL")
+    # Only used by `make dev` to protect the Redis it starts; production URLs carry their own credentials.
+    redis_password: str | None = _unprefixed("REDIS_PASSWORD")
+{%- if cookiecutter.broker == "rabbitmq" %}
+    # Only used by `make dev` for the RabbitMQ node it starts.
+    rabbitmq_password: str | None = _unprefixed("RABBITMQ_PASSWORD")
+    # amqp://user:password@host:5672/vhost; required: RabbitMQ is the broker.
+    broker_url: str | None = None
+{%- else %}
+    # Defaults to REDIS_URL; set it to put the broker on a separate Redis from results.
+    broker_url: str | None = None
+{%- endif %}
+    # Defaults to REDIS_URL.
+    result_backend: str | None = None
+
+    # The first queue is the default: tasks without a route go there.
+    queues: Annotated[list[str], NoDecode] = {{ cookiecutter.__queues.split(',') | tojson }}
+    timezone: str = "{{ cookiecutter.timezone }}"
+
+    # Soft limit raises SoftTimeLimitExceeded inside the task so it can clean up; the hard limit kills the process.
+    task_soft_time_limit: int = 240
+    task_time_limit: int = 300
+    # The longest countdown/ETA any code in this project schedules; the Redis visibility timeout is sized from it.
+    max_countdown: int = 3600
+    # None: computed by the rule in `_size_visibility_timeout`. Only the Redis broker uses it.
+    visibility_timeout: int | None = None
+    # One day: long enough for callers to read a result, short enough that Redis does not fill up.
+    result_expires: int = 86_400
+    # Recycle a pool process after this many tasks / this much resident memory (KiB) to contain leaks.
+    worker_max_tasks_per_child: int = 1000
+    worker_max_memory_per_child: int = 512_000
+    # On a cold shutdown (second SIGTERM, SIGQUIT) running tasks get this long to finish before being cancelled.
+    worker_soft_shutdown_timeout: float = 30.0
+    # None: each worker uses the value its queue's profile sets in queues.py.
+    worker_prefetch_multiplier: int | None = None
+    # How long a finished idempotency key is kept: a redelivery or retry of the same key inside this window is skipped.
+    idempotency_ttl: int = 7 * 86_400
+    # Prefix for every Redis key this project writes, so several projects can share one Redis.
+    key_prefix: str = "{{ cookiecutter.__package }}"
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        return [name.strip() for name in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queues(cls, names: list[str]) -> list[str]:
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"CELERY_QUEUES {names} must be a non-empty list of unique names")
+        for name in names:
+            if not QUEUE_NAME.fullmatch(name):
+                raise ValueError(f"queue name {name!r} must match [a-z0-9_-]+")
+        return names
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, name: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"CELERY_TIMEZONE {name!r} is not an IANA time zone name (e.g. 'UTC')") from None
+        return name
+
+    @model_validator(mode="after")
+    def _fill_urls(self) -> "Settings":
+        if not self.redis_url:
+            raise ValueError("REDIS_URL is not set: point it at your Redis (`make dev` starts a local one and sets it)")
+{%- if cookiecutter.broker == "rabbitmq" %}
+        if not self.broker_url:
+            raise ValueError("CELERY_BROKER_URL is not set: point it at RabbitMQ (amqp://user:pass@host:5672/vhost)")
+{%- else %}
+        self.broker_url = self.broker_url or self.redis_url
+{%- endif %}
+        self.result_backend = self.result_backend or self.redis_url
+        return self
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> "Settings":
+        if not 0 < self.task_soft_time_limit < self.task_time_limit:
+            raise ValueError(
+                f"CELERY_TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit}) must be above 0 and below "
+                f"CELERY_TASK_TIME_LIMIT ({self.task_time_limit}) so tasks get a chance to clean up"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _size_visibility_timeout(self) -> "Settings":
+        # The rule: Redis hands an unacknowledged message to another worker after `visibility_timeout`. With acks_late
+        # a message stays unacknowledged while it waits for its ETA *and* while it runs, so the timeout must exceed the
+        # longest countdown plus the hard time limit, or the task runs twice. The 5-minute margin covers the time a
+        # prefetched message waits in a busy worker's buffer. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+        minimum = self.max_countdown + self.task_time_limit
+        if self.visibility_timeout is None:
+            self.visibility_timeout = minimum + 300
+        elif self.visibility_timeout <= minimum and self.environment != "development":
+            raise ValueError(
+                f"CELERY_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed CELERY_MAX_COUNTDOWN + "
+                f"CELERY_TASK_TIME_LIMIT ({minimum}), or Redis redelivers tasks that are still waiting or running"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> "Settings":
+        if self.environment == "development":
+            return self
+        for name in ("redis_url", "broker_url", "result_backend", "redis_password"):
+            if PLACEHOLDER_SECRET in (getattr(self, name) or ""):
+                raise ValueError(f"{name} still holds the placeholder secret {PLACEHOLDER_SECRET!r}; set a real one")
+        return self
+
+
+settings = Settings()

@@ -1,0 +1,13 @@
+"""Order intake: validate the payload, then act on it."""
+
+from typing import Any
+
+from ..celery_app import app
+from ..payloads import Order, parse
+
+
+@app.task
+def process_order(payload: dict[str, Any]) -> dict[str, str]:
+    order = parse(Order, payload)  # bad input -> InvalidPayload -> dead letter, no retry
+    # TODO: persist the order. Return JSON-friendly values: the Decimal goes out as a string.
+    return {"order_id": order.order_id, "amount": str(order.amount), "currency": order.currency, "status": "accepted"}

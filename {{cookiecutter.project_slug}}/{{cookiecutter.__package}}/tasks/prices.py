@@ -1,0 +1,30 @@
+"""Price fetching: the retry pattern for a flaky upstream, and Decimal for money."""
+
+import hashlib
+from decimal import Decimal
+
+from ..celery_app import app
+
+
+class PriceFeedUnavailable(Exception):
+    """A transient upstream failure (timeout, 5xx): worth retrying."""
+
+
+def quote(pair: str) -> Decimal:
+    """Stand-in for the HTTP call to your price feed; deterministic so examples and tests are repeatable."""
+    digest = int(hashlib.sha256(pair.encode()).hexdigest(), 16)
+    return Decimal(100 + digest % 100) / Decimal(100)
+
+
+@app.task(
+    # Retry only what can succeed later; a bug (TypeError) or bad input must fail at once and be dead-lettered.
+    autoretry_for=(PriceFeedUnavailable, ConnectionError, TimeoutError),
+    # Exponential backoff 1, 2, 4, 8 ... s, capped at 10 minutes; jitter spreads retries of many tasks apart.
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=5,
+)
+def fetch_price(pair: str) -> str:
+    # Serialized as a string: JSON has no Decimal, and a float would round the price.
+    return str(quote(pair))
