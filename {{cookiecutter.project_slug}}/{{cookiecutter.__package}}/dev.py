@@ -16,6 +16,9 @@ from . import devservers
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_DIR = PROJECT / ".run"  # data and logs of the local servers; delete it to start from scratch
+# The URLs of the servers started here, for other commands run in this directory while `make dev` runs (settings.py
+# reads it after .env): `python -m <package>.deadletters list` in a second terminal talks to this stack.
+DEV_ENV = RUN_DIR / "dev.env"
 
 
 def _env() -> dict[str, str]:
@@ -86,6 +89,7 @@ def main() -> int:
     servers = start_servers(env)
     for server in servers:
         print(f"  {server.name:<7} {server.url.split('@')[-1]}  log={server.log.relative_to(PROJECT)}")
+    DEV_ENV.write_text("".join(f"{name}={env[name]}\n" for name in ("REDIS_URL", "CELERY_BROKER_URL") if name in env))
     workers = start_workers(env)
     # SIGTERM (e.g. from a supervisor of this script) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -101,6 +105,7 @@ def main() -> int:
         return 0
     finally:
         stop_workers(workers)
+        DEV_ENV.unlink(missing_ok=True)
         for server in reversed(servers):
             server.stop()
 

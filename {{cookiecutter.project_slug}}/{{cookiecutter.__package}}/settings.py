@@ -24,7 +24,8 @@ def _unprefixed(name: str) -> FieldInfo:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CELERY_", env_file=".env", extra="ignore")
+    # .run/dev.env exists only while `make dev` runs; it holds the URLs of the servers that started.
+    model_config = SettingsConfigDict(env_prefix="CELERY_", env_file=(".env", ".run/dev.env"), extra="ignore")
 
     # development allows placeholder secrets and local defaults; anything else refuses them.
     environment: Literal["development", "staging", "production"] = Field(
