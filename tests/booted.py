@@ -66,6 +66,14 @@ class BootedProject:
     env: dict[str, str]
     logs: Path
     procs: list[Proc] = field(default_factory=list)
+    services: list = field(default_factory=list)  # services.Service of the broker(s) it runs against
+
+    def proc(self, name: str) -> Proc:
+        """The most recent process started under `name` (e.g. "worker-default")."""
+        return next(p for p in reversed(self.procs) if p.name == name)
+
+    def service(self, name: str):
+        return next((s for s in self.services if s.name == name), None)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.logs / f"{name}.log"

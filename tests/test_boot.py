@@ -6,58 +6,17 @@ Needs redis-server (and rabbitmq-server for broker=rabbitmq): skipped with the r
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import services
-from booted import BootedProject, install, project_env, read_answers, uninstall
-from template import CHOICES, render
+from booted import BootedProject
 
 pytestmark = pytest.mark.boot
 ORDER = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@example.com"}
 
 
-@pytest.fixture(scope="module", params=CHOICES["broker"], ids=lambda broker: f"broker={broker}")
-def booted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedProject]:
-    broker = request.param
-    services.require("redis-server")
-    if broker == "rabbitmq":
-        services.require("rabbitmq-server")
-    work = tmp_path_factory.mktemp(f"boot-{broker}")
-    # A distinct name per variant, so both can be installed into the one shared environment.
-    path = render(work, {"project_name": f"Boot {broker}", "broker": broker})
-    answers = read_answers(path)
-    install(path)
-    started: list[services.Service] = []
-    project = None
-    try:
-        redis = services.start_redis(work / "redis")
-        started.append(redis)
-        broker_url = None
-        if broker == "rabbitmq":
-            rabbit = services.start_rabbitmq(work / "rabbitmq")
-            started.append(rabbit)
-            broker_url = rabbit.url
-        logs = work / "logs"
-        logs.mkdir()
-        queues = [q.strip() for q in answers["queues"].split(",")]
-        project = BootedProject(path, answers["__package"], queues, project_env(path, redis.url, broker_url), logs)
-        project.services = started
-        for queue in queues:
-            project.start_worker(queue)
-        for proc in project.procs:
-            proc.wait_for_log("ready.")
-        yield project
-    finally:
-        if project:
-            project.stop_all()
-        for service in reversed(started):
-            service.stop()
-        uninstall(answers["project_slug"])
-
-
 def worker_log_has(project: BootedProject, queue: str, text: str) -> bool:
-    return text in next(p for p in project.procs if p.name == f"worker-{queue}").log.read_text()
+    return text in project.proc(f"worker-{queue}").log.read_text()
 
 
 def wait_until(predicate, timeout: float = 30) -> None:
@@ -117,9 +76,7 @@ def test_idempotent_task_acts_once_under_redelivery(booted: BootedProject) -> No
         """
     )
     queue = next(q for q in booted.queues if worker_log_has(booted, q, f"[{task_id}] succeeded"))
-    wait_until(
-        lambda: next(p for p in booted.procs if p.name == f"worker-{queue}").count(f"[{task_id}] succeeded") == 2
-    )
+    wait_until(lambda: booted.proc(f"worker-{queue}").count(f"[{task_id}] succeeded") == 2)
     assert outbox_count == 1
 
 
@@ -165,7 +122,7 @@ def test_health_check_tracks_a_worker_and_sigterm_is_a_clean_exit(booted: Booted
 
 
 def test_broker_holds_the_declared_queues(booted: BootedProject) -> None:
-    rabbit = next((s for s in booted.services if s.name == "rabbitmq"), None)
+    rabbit = booted.service("rabbitmq")
     if rabbit:
         # Quorum queues, each with a "<name>.dead" queue for RabbitMQ's native dead-lettering.
         ctl = services.RABBITMQ_REAL_SCRIPT.with_name("rabbitmqctl")

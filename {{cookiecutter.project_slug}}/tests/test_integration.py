@@ -104,3 +104,36 @@ def test_health_check_follows_the_worker(own_worker) -> None:
     assert own_worker.stop() == 0
     check = own_worker.health()
     assert check.returncode == 1 and "no heartbeat file" in check.stderr
+
+
+def test_beat_fires_an_entry_onto_its_queue(workers, tmp_path) -> None:
+    """Real beat (bin/beat, RedBeat) with a 1 s interval: the price refresh reaches the worker of its queue."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from {{ cookiecutter.__package }}.schedule import ENTRIES
+
+    entry = next(e for e in ENTRIES if e.name == "refresh-eurusd")
+    log = tmp_path / "beat.log"
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+        "CELERY_PRICE_REFRESH_SECONDS": "1",
+        "CELERY_BEAT_MAX_LOOP_INTERVAL": "1",
+        "CELERY_REDBEAT_LOCK_TIMEOUT": "5",
+    }
+
+    def runs() -> int:
+        return workers[entry.queue].log.read_text().count("fetch_price[") // 2  # "received" + "succeeded" lines
+
+    before = runs()
+    with log.open("wb") as out:
+        beat = subprocess.Popen(["bin/beat"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: runs() >= before + 3)
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        assert beat.wait(30) == 0, log.read_text()
+    assert log.read_text().count("Sending due task refresh-eurusd") >= 3

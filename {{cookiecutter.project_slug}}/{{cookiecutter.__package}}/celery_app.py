@@ -19,6 +19,7 @@ app.conf.imports = (
     "{{ cookiecutter.__package }}.tasks.notifications",
     "{{ cookiecutter.__package }}.tasks.prices",
     "{{ cookiecutter.__package }}.tasks.workflows",
+    "{{ cookiecutter.__package }}.tasks.maintenance",
 )
 app.steps["worker"].update({QueuePrefetchStep, HeartbeatStep})
 {%- if cookiecutter.broker == "rabbitmq" %}

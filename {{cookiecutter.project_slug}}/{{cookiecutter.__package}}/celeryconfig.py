@@ -5,6 +5,7 @@ Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 """
 
 from .queues import DEFAULT_QUEUE, TASK_QUEUES, TASK_ROUTES
+from .schedule import beat_schedule as _beat_schedule
 from .settings import settings
 
 broker_url = settings.broker_url
@@ -71,3 +72,17 @@ worker_send_task_events = True
 timezone = settings.timezone
 # Store and compare times in UTC; `timezone` only decides how crontab entries are read.
 enable_utc = True
+
+# Beat: RedBeat keeps the schedule, each entry's last run and a lock in Redis. No schedule file on disk, and a second
+# beat started by mistake (or as a standby) waits for the lock instead of sending every task twice.
+# https://github.com/sibson/redbeat
+beat_scheduler = "redbeat.RedBeatScheduler"
+beat_schedule = _beat_schedule()
+redbeat_redis_url = settings.redbeat_redis_url
+# Set explicitly: otherwise RedBeat falls back to broker_transport_options (deprecated) and warns at every start.
+redbeat_redis_options = {"health_check_interval": 30}
+redbeat_key_prefix = settings.redbeat_key_prefix
+# Chosen together (see settings.py): the lock outlives >= 5 loop intervals; a standby takes over within
+# redbeat_lock_timeout + beat_max_loop_interval of the active beat dying.
+beat_max_loop_interval = settings.beat_max_loop_interval
+redbeat_lock_timeout = settings.redbeat_lock_timeout

@@ -1,4 +1,4 @@
-"""`make dev`: local Redis{% if cookiecutter.broker == "rabbitmq" %} and RabbitMQ{% endif %} when none is configured, then one worker per queue. Ctrl-C stops all.
+"""`make dev`: local Redis{% if cookiecutter.broker == "rabbitmq" %} and RabbitMQ{% endif %} when none is configured, one worker per queue, and beat. Ctrl-C stops all.
 
 Runs before settings can be loaded (REDIS_URL may not exist yet), so it reads `.env` itself.
 """
@@ -50,30 +50,32 @@ def start_servers(env: dict[str, str]) -> list[devservers.Server]:
     return servers
 
 
-def start_workers(env: dict[str, str]) -> dict[str, subprocess.Popen]:
+def _start(name: str, script: str, env: dict[str, str]) -> subprocess.Popen:
+    log = RUN_DIR / f"{name}.log"
+    print(f"  {name:<22} bin/{script:<7} log={log.relative_to(PROJECT)}")
+    # Output to a file per process: several interleaved Celery logs on one terminal are unreadable.
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(PROJECT / "bin" / script)], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def start_processes(env: dict[str, str]) -> dict[str, subprocess.Popen]:
+    """One worker per queue (the production layout, so routing problems show up here too), and beat."""
     queues = [q.strip() for q in env.get("CELERY_QUEUES", "{{ cookiecutter.__queues }}").split(",")]
-    workers = {}
+    procs = {}
     for queue in queues:
-        log = RUN_DIR / f"worker-{queue}.log"
-        print(f"  worker  queue={queue:<12} log={log.relative_to(PROJECT)}")
-        # Output to a file per worker: several interleaved worker logs on one terminal are unreadable.
-        with log.open("ab") as out:
-            workers[queue] = subprocess.Popen(
-                [str(PROJECT / "bin" / "worker")],
-                env={**env, "WORKER_QUEUES": queue},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-    return workers
+        procs[f"worker-{queue}"] = _start(f"worker-{queue}", "worker", {**env, "WORKER_QUEUES": queue})
+    procs["beat"] = _start("beat", "beat", env)
+    return procs
 
 
-def stop_workers(workers: dict[str, subprocess.Popen], timeout: float = 60) -> None:
-    for proc in workers.values():
+def stop_processes(procs: dict[str, subprocess.Popen], timeout: float = 60) -> None:
+    for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
     deadline = time.monotonic() + timeout
-    for proc in workers.values():
+    for proc in procs.values():
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -90,21 +92,21 @@ def main() -> int:
     for server in servers:
         print(f"  {server.name:<7} {server.url.split('@')[-1]}  log={server.log.relative_to(PROJECT)}")
     DEV_ENV.write_text("".join(f"{name}={env[name]}\n" for name in ("REDIS_URL", "CELERY_BROKER_URL") if name in env))
-    workers = start_workers(env)
+    procs = start_processes(env)
     # SIGTERM (e.g. from a supervisor of this script) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     print("Running. Ctrl-C stops everything.")
     try:
-        while all(proc.poll() is None for proc in workers.values()):
+        while all(proc.poll() is None for proc in procs.values()):
             time.sleep(0.5)
-        failed = [queue for queue, proc in workers.items() if proc.poll() is not None]
-        print(f"worker(s) for {failed} exited; see their logs in {RUN_DIR}", file=sys.stderr)
+        failed = [name for name, proc in procs.items() if proc.poll() is not None]
+        print(f"{', '.join(failed)} exited; see the logs in {RUN_DIR}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nStopping workers (warm shutdown), then servers ...")
+        print("\nStopping workers and beat (warm shutdown), then servers ...")
         return 0
     finally:
-        stop_workers(workers)
+        stop_processes(procs)
         DEV_ENV.unlink(missing_ok=True)
         for server in reversed(servers):
             server.stop()

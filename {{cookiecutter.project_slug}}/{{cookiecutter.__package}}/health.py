@@ -1,12 +1,18 @@
-"""Health checks for supervisors and container probes: `python -m <package>.health worker`.
+"""Health checks for supervisors and container probes.
 
-Exit 0 when healthy, 1 with a one-line reason otherwise. Deliberately cheap: no broker round trip, no Celery app import.
+    python -m {{ cookiecutter.__package }}.health worker   # the worker's heartbeat file is fresh
+    python -m {{ cookiecutter.__package }}.health beat     # a beat holds the lock, renewed lately
+
+Exit 0 when healthy, 1 with a one-line reason otherwise. Deliberately cheap: no broker round trip, no Celery import.
 """
 
 import argparse
 import sys
 
 from .heartbeat import HEARTBEAT_STALE_AFTER, heartbeat_age, heartbeat_path
+
+# A beat renews its lock at every tick, at most beat_max_loop_interval apart; this many missed renewals is unhealthy.
+BEAT_MISSED_TICKS = 3
 
 
 def check_worker(max_age: float) -> str | None:
@@ -18,12 +24,34 @@ def check_worker(max_age: float) -> str | None:
     return None
 
 
+def check_beat() -> str | None:
+    """The lock's remaining TTL tells when it was last renewed: renewals reset it to redbeat_lock_timeout."""
+    import redis
+
+    from .settings import settings
+
+    client = redis.Redis.from_url(settings.redbeat_redis_url, socket_timeout=3)
+    try:
+        ttl = client.pttl(settings.redbeat_lock_key) / 1000
+    except redis.RedisError as exc:
+        return f"cannot read the beat lock from Redis: {exc}"
+    if ttl < 0:
+        return f"no beat holds the lock {settings.redbeat_lock_key} (beat not started, or dead for a while)"
+    since_renewal = settings.redbeat_lock_timeout - ttl
+    limit = BEAT_MISSED_TICKS * settings.beat_max_loop_interval
+    if since_renewal > limit:
+        return f"beat lock last renewed {since_renewal:.0f}s ago (limit {limit:.0f}s): beat is stuck or dying"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.health")
-    parser.add_argument("process", choices=["worker"])
-    parser.add_argument("--max-age", type=float, default=HEARTBEAT_STALE_AFTER, help="seconds (default %(default)s)")
+    parser.add_argument("process", choices=["worker", "beat"])
+    parser.add_argument(
+        "--max-age", type=float, default=HEARTBEAT_STALE_AFTER, help="worker: seconds (default %(default)s)"
+    )
     args = parser.parse_args(argv)
-    problem = check_worker(args.max_age)
+    problem = check_worker(args.max_age) if args.process == "worker" else check_beat()
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ PROFILES: dict[str, QueueProfile] = {
 TASK_ROUTES: dict[str, dict[str, str]] = {
     "{{ cookiecutter.__package }}.tasks.orders.*": {"queue": "{{ queues[0] }}"},
     "{{ cookiecutter.__package }}.tasks.workflows.*": {"queue": "{{ queues[0] }}"},
+    "{{ cookiecutter.__package }}.tasks.maintenance.*": {"queue": "{{ queues[0] }}"},
     "{{ cookiecutter.__package }}.tasks.notifications.*": {"queue": "{{ q_high }}"},
     "{{ cookiecutter.__package }}.tasks.prices.*": {"queue": "{{ q_low }}"},
 }

@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     # Prefix for every Redis key this project writes, so several projects can share one Redis.
     key_prefix: str = "{{ cookiecutter.__package }}"
 
+    # Beat (RedBeat). Defaults to REDIS_URL, set explicitly: RedBeat's fallback to broker_url is deprecated.
+    redbeat_redis_url: str | None = None
+    # The longest beat sleeps between checks of the schedule: a bound on how late an entry can fire, and on how
+    # stale the lock's TTL gets. Small values cost one Redis round trip per interval.
+    beat_max_loop_interval: float = 5.0
+    # How long the beat lock outlives its last renewal. A standby beat takes over at most this long (plus one loop
+    # interval) after the active beat dies. The rule: at least 5x beat_max_loop_interval, so a slow tick or a short
+    # Redis hiccup does not let a second beat in.
+    redbeat_lock_timeout: int = 25
+    # How often the example price refresh runs (schedule.py).
+    price_refresh_seconds: int = 60
+
     @field_validator("queues", mode="before")
     @classmethod
     def _split_queues(cls, value: object) -> object:
@@ -135,10 +147,29 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_beat(self) -> "Settings":
+        self.redbeat_redis_url = self.redbeat_redis_url or self.redis_url
+        if self.redbeat_lock_timeout < 5 * self.beat_max_loop_interval:
+            raise ValueError(
+                f"CELERY_REDBEAT_LOCK_TIMEOUT ({self.redbeat_lock_timeout}) must be at least 5x "
+                f"CELERY_BEAT_MAX_LOOP_INTERVAL ({self.beat_max_loop_interval}), or a slow tick lets a second beat in"
+            )
+        return self
+
+    @property
+    def redbeat_key_prefix(self) -> str:
+        return f"{self.key_prefix}:redbeat:"
+
+    @property
+    def redbeat_lock_key(self) -> str:
+        # RedBeat's own default layout: "<prefix>:lock".
+        return f"{self.redbeat_key_prefix}:lock"
+
+    @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> "Settings":
         if self.environment == "development":
             return self
-        for name in ("redis_url", "broker_url", "result_backend", "redis_password"):
+        for name in ("redis_url", "broker_url", "result_backend", "redbeat_redis_url", "redis_password"):
             if PLACEHOLDER_SECRET in (getattr(self, name) or ""):
                 raise ValueError(f"{name} still holds the placeholder secret {PLACEHOLDER_SECRET!r}; set a real one")
         return self

@@ -1,0 +1,79 @@
+"""Operator commands for the beat schedule as Redis holds it (what beat actually runs, not what schedule.py says).
+
+    python -m {{ cookiecutter.__package }}.beatctl list       # name, task, schedule, queue, last/next run
+    python -m {{ cookiecutter.__package }}.beatctl run NAME   # send one entry's task now, as beat would
+
+Both talk to the Redis in REDBEAT_REDIS_URL / REDIS_URL; `run` publishes with the entry's own queue and expiry.
+"""
+
+import argparse
+import sys
+from datetime import datetime, timedelta
+
+from celery.schedules import crontab
+from redbeat import RedBeatSchedulerEntry
+from redbeat.schedulers import ensure_conf, get_redis
+
+from .celery_app import app
+
+
+def stored_entries() -> list[RedBeatSchedulerEntry]:
+    conf = ensure_conf(app)
+    keys = get_redis(app).zrange(conf.schedule_key, 0, -1)
+    return [RedBeatSchedulerEntry.from_key(key, app=app) for key in keys]
+
+
+def next_run(entry: RedBeatSchedulerEntry) -> datetime | None:
+    """When the entry is due next, from its schedule and last run (RedBeat's own `due_at` is only a sort key)."""
+    if entry.last_run_at is None:
+        return entry.schedule.now()
+    remaining = entry.schedule.remaining_estimate(entry.last_run_at)
+    return None if remaining is None else entry.schedule.now() + max(remaining, timedelta(0))
+
+
+def describe(schedule: object) -> str:
+    if isinstance(schedule, crontab):
+        return "cron " + str(schedule).removeprefix("<crontab: ").split(" (")[0]
+    return f"every {schedule.run_every.total_seconds():g}s"
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "never"
+    # Whole seconds, rounded: 05:59:59.999 is shown as the 06:00:00 it stands for.
+    return (value + timedelta(milliseconds=500)).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.beatctl")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the schedule stored in Redis")
+    run = commands.add_parser("run", help="send an entry's task now")
+    run.add_argument("name")
+    args = parser.parse_args(argv)
+
+    entries = {entry.name: entry for entry in stored_entries()}
+    if args.command == "list":
+        if not entries:
+            print("no schedule in Redis: has beat started against this Redis?", file=sys.stderr)
+            return 1
+        print(f"{'name':<24} {'task':<36} {'schedule':<16} {'queue':<10} {'last run':<24} next run")
+        for entry in entries.values():
+            task = entry.task.split(".tasks.")[-1]
+            queue = entry.options.get("queue", "(routed)")
+            print(
+                f"{entry.name:<24} {task:<36} {describe(entry.schedule):<16} {queue:<10} "
+                f"{_when(entry.last_run_at):<24} {_when(next_run(entry))}"
+            )
+        return 0
+    entry = entries.get(args.name)
+    if entry is None:
+        print(f"error: no entry {args.name!r}; known: {', '.join(entries) or 'none'}", file=sys.stderr)
+        return 1
+    result = app.send_task(entry.task, args=entry.args, kwargs=entry.kwargs, **entry.options)
+    print(f"sent {entry.name} ({entry.task}) as {result.id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
