@@ -9,8 +9,8 @@ import secrets
 import sys
 from pathlib import Path
 
-# Lines in .env.example whose value is this placeholder get a fresh secret; the settings refuse the placeholder
-# outside development, so a copied .env.example never reaches production with a shared password.
+# Every occurrence of this placeholder in a value of .env.example gets its own fresh secret ("admin:change-me" keeps
+# the user name); the settings refuse the placeholder, so a copied .env.example never reaches production.
 PLACEHOLDER = "change-me"
 # Keys cookiecutter adds that describe this machine, not the answers; recording them would leak local paths.
 MACHINE_KEYS = {"_output_dir", "_repo_dir", "_checkout"}
@@ -20,8 +20,8 @@ def write_env(project: Path) -> Path:
     lines = []
     for line in (project / ".env.example").read_text().splitlines():
         key, sep, value = line.partition("=")
-        if sep and not line.startswith("#") and value == PLACEHOLDER:
-            line = f"{key}={secrets.token_urlsafe(32)}"
+        if sep and not line.startswith("#") and PLACEHOLDER in value:
+            line = f"{key}={value.replace(PLACEHOLDER, secrets.token_urlsafe(32))}"
         lines.append(line)
     env = project / ".env"
     env.write_text("\n".join(lines) + "\n")

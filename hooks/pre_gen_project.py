@@ -20,8 +20,13 @@ TAKEN_NAMES = {"celery", "kombu", "redis", "amqp", "billiard", "vine", "pydantic
 # Celery and RabbitMQ create queues with these prefixes for events, remote control and delayed delivery.
 RESERVED_QUEUE_PREFIXES = ("celery", "amq.")
 
-# Combinations that render but cannot work, each with the reason shown to the user. Later options add rows here.
-UNSUPPORTED: list[tuple[dict[str, str], str]] = []
+# Combinations that render but cannot work, each with the reason shown to the user.
+UNSUPPORTED: list[tuple[dict[str, str], str]] = [
+    *(
+        ({"use_flower": "n", "flower_auth": provider}, f"flower_auth={provider} needs use_flower=y")
+        for provider in ("github", "google", "gitlab", "okta")
+    ),
+]
 
 
 def check_names(answers: dict) -> list[str]:

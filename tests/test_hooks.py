@@ -64,10 +64,10 @@ def test_unsupported_combination_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_env_gets_fresh_secrets_and_keeps_the_rest(tmp_path: Path) -> None:
-    (tmp_path / ".env.example").write_text("# PASSWORD=change-me\nA=change-me\nB=keep\nC=change-me\n")
+    (tmp_path / ".env.example").write_text("# PASSWORD=change-me\nA=change-me\nB=keep\nC=admin:change-me\n")
     env = post.write_env(tmp_path).read_text().splitlines()
-    assert env[0] == "# PASSWORD=change-me" and env[2] == "B=keep"
-    secrets = [env[1].split("=", 1)[1], env[3].split("=", 1)[1]]
+    assert env[0] == "# PASSWORD=change-me" and env[2] == "B=keep" and env[3].startswith("C=admin:")
+    secrets = [env[1].split("=", 1)[1], env[3].split(":", 1)[1]]
     assert post.PLACEHOLDER not in secrets and len(set(secrets)) == 2 and all(len(s) >= 32 for s in secrets)
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
 
