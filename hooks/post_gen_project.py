@@ -37,9 +37,21 @@ def record_answers(project: Path, context: dict) -> Path:
     return path
 
 
+def remove_empty_dirs(project: Path) -> list[Path]:
+    """Directories whose every file had a conditional name that rendered empty (cookiecutter skips such files but
+    keeps their directory). Feature files are never deleted here: they are simply not rendered."""
+    removed = []
+    for directory in sorted((p for p in project.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(directory.iterdir()):
+            directory.rmdir()
+            removed.append(directory)
+    return removed
+
+
 def main(project: Path, context: dict) -> int:
     write_env(project)
     record_answers(project, context)
+    remove_empty_dirs(project)
     return 0
 
 

@@ -72,6 +72,18 @@ def test_env_gets_fresh_secrets_and_keeps_the_rest(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
 
 
+def test_only_empty_directories_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "deploy" / "k8s" / "base").mkdir(parents=True)
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "file").write_text("x")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in post.remove_empty_dirs(tmp_path)) == [
+        "deploy",
+        "deploy/k8s",
+        "deploy/k8s/base",
+    ]
+    assert (tmp_path / "keep" / "file").exists()
+
+
 def test_answers_are_recorded_without_machine_paths(tmp_path: Path) -> None:
     context = {"project_name": "X", "__package": "x", "_template": "gh:org/t", "_output_dir": "/home/me/src"}
     recorded = json.loads(post.record_answers(tmp_path, context).read_text())
