@@ -15,6 +15,7 @@ SLUG_RE = re.compile(r"[a-z][a-z0-9-]*")
 # The slug ends up in node names, Redis key prefixes and Kubernetes names (63 characters with suffixes); keep it short.
 MAX_SLUG = 40
 QUEUE_RE = re.compile(r"[a-z0-9_-]+")
+MAX_QUEUE = 32
 # Names a dependency or Celery itself already uses: `import celery` inside a package called celery shadows the library.
 TAKEN_NAMES = {"celery", "kombu", "redis", "amqp", "billiard", "vine", "pydantic", "flower", "redbeat", "tests"}
 # Celery and RabbitMQ create queues with these prefixes for events, remote control and delayed delivery.
@@ -57,6 +58,16 @@ def check_queues(answers: dict) -> list[str]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         errors.append(f"queues lists {', '.join(duplicates)} more than once; each queue name must be unique")
+    # Kubernetes object names use the queue with "_" as "-" and must stay within 63 characters with their prefixes.
+    dns_names = [name.replace("_", "-") for name in names]
+    clashes = sorted(
+        {n for n, dns in zip(names, dns_names, strict=True) if dns_names.count(dns) > 1 and n not in duplicates}
+    )
+    if clashes:
+        errors.append(
+            f"queues {', '.join(clashes)} differ only in '_' versus '-'; their Kubernetes names would collide"
+        )
+    errors += [f"queue name {name!r} is longer than {MAX_QUEUE} characters" for name in names if len(name) > MAX_QUEUE]
     return errors
 
 

@@ -50,7 +50,9 @@ def stamps(proc: Proc, text: str) -> list[float]:
 
 
 def price_runs(booted: BootedProject, queue: str) -> int:
-    return booted.proc(f"worker-{queue}").count("fetch_price[") // 2  # a "received" and a "succeeded" line each
+    # Celery's own "Task <name>[<id>] succeeded in" line, one per completed run.
+    log = booted.proc(f"worker-{queue}").log.read_text(errors="replace")
+    return len(re.findall(r"fetch_price\[[^\]]+\] succeeded in", log))
 
 
 def price_queue(booted: BootedProject) -> str:

@@ -1,5 +1,6 @@
 """Live tests: real {% if cookiecutter.broker == "rabbitmq" %}RabbitMQ and {% endif %}redis-server, real workers started by bin/worker, one per queue."""
 
+import re
 import time
 import uuid
 
@@ -126,7 +127,8 @@ def test_beat_fires_an_entry_onto_its_queue(workers, tmp_path) -> None:
     }
 
     def runs() -> int:
-        return workers[entry.queue].log.read_text().count("fetch_price[") // 2  # "received" + "succeeded" lines
+        # Celery's own "Task <name>[<id>] succeeded in" line, one per completed run.
+        return len(re.findall(r"fetch_price\[[^\]]+\] succeeded in", workers[entry.queue].log.read_text()))
 
     before = runs()
     with log.open("wb") as out:

@@ -1,13 +1,13 @@
 """The Celery application: `celery --app {{ cookiecutter.__package }}.celery_app ...` loads this module."""
 
-from celery import Celery
-{%- if cookiecutter.broker == "rabbitmq" %}
-from celery.signals import worker_ready
-{%- endif %}
+from celery import Celery, signals
 
+from . import guards as _guards  # noqa: F401  (connects the handlers that dead-letter refused messages)
+from . import logs, task_log  # noqa: F401  (task_log connects its signal handlers)
 {% if cookiecutter.broker == "rabbitmq" -%}
 from .queues import dead_letter_queues
 {% endif -%}
+from .settings import settings
 from .worker_steps import HeartbeatStep, QueuePrefetchStep
 
 # Every task records its final failure as a dead letter (deadletters.py).
@@ -20,12 +20,19 @@ app.conf.imports = (
     "{{ cookiecutter.__package }}.tasks.prices",
     "{{ cookiecutter.__package }}.tasks.workflows",
     "{{ cookiecutter.__package }}.tasks.maintenance",
+    "{{ cookiecutter.__package }}.tasks.diagnostics",
 )
 app.steps["worker"].update({QueuePrefetchStep, HeartbeatStep})
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
+    """Replace Celery's log setup in worker and beat with ours (logs.py): the same format as the web process."""
+    logs.configure(settings.log_format, loglevel or "INFO")
 {%- if cookiecutter.broker == "rabbitmq" %}
 
 
-@worker_ready.connect
+@signals.worker_ready.connect
 def declare_dead_letter_queues(sender: object, **_: object) -> None:
     """Declare the "<queue>.dead" queues RabbitMQ dead-letters into; no worker consumes them, so -Q never would."""
     with app.connection_for_write() as connection:

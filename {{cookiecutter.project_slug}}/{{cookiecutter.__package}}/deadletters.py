@@ -18,8 +18,7 @@ import sys
 import time
 from typing import Any
 
-from celery import Task
-
+from .guards import GuardedTask
 from .redis_store import client, key
 
 TRACEBACK_LINES = 8  # enough to see where it failed without storing whole stack dumps
@@ -65,7 +64,8 @@ def replay(task_id: str) -> str:
     raise KeyError(f"no dead letter with id {task_id!r}")
 
 
-class DeadLetterTask(Task):
+# GuardedTask (guards.py): refuses oversized payloads when publishing and in the worker.
+class DeadLetterTask(GuardedTask):
     """Base class of every task: records a final failure. Retries in progress are not failures yet."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:

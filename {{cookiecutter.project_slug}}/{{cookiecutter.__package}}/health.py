@@ -2,12 +2,14 @@
 
     python -m {{ cookiecutter.__package }}.health worker   # the worker's heartbeat file is fresh
     python -m {{ cookiecutter.__package }}.health beat     # a beat holds the lock, renewed lately
+    python -m {{ cookiecutter.__package }}.health broker --wait 60   # the broker accepts connections
 
 Exit 0 when healthy, 1 with a one-line reason otherwise. Deliberately cheap: no broker round trip, no Celery import.
 """
 
 import argparse
 import sys
+import time
 
 from .heartbeat import HEARTBEAT_STALE_AFTER, heartbeat_age, heartbeat_path
 
@@ -44,14 +46,38 @@ def check_beat() -> str | None:
     return None
 
 
+def check_broker(wait: float) -> str | None:
+    """Connect to the broker, retrying for up to `wait` seconds (start scripts use it to wait for the broker)."""
+    from kombu import Connection
+
+    from .settings import settings
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with Connection(settings.broker_url, connect_timeout=3) as connection:
+                connection.ensure_connection(max_retries=1)
+            return None
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                return f"broker unreachable after {wait:.0f}s: {exc}"
+            time.sleep(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.health")
-    parser.add_argument("process", choices=["worker", "beat"])
+    parser.add_argument("process", choices=["worker", "beat", "broker"])
     parser.add_argument(
         "--max-age", type=float, default=HEARTBEAT_STALE_AFTER, help="worker: seconds (default %(default)s)"
     )
+    parser.add_argument("--wait", type=float, default=0, help="broker: keep trying this many seconds")
     args = parser.parse_args(argv)
-    problem = check_worker(args.max_age) if args.process == "worker" else check_beat()
+    checks = {
+        "worker": lambda: check_worker(args.max_age),
+        "beat": check_beat,
+        "broker": lambda: check_broker(args.wait),
+    }
+    problem = checks[args.process]()
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "{{ cookiecutter.__package }}.tasks.orders.*": {"queue": "{{ queues[0] }}"},
     "{{ cookiecutter.__package }}.tasks.workflows.*": {"queue": "{{ queues[0] }}"},
     "{{ cookiecutter.__package }}.tasks.maintenance.*": {"queue": "{{ queues[0] }}"},
+    "{{ cookiecutter.__package }}.tasks.diagnostics.*": {"queue": "{{ queues[0] }}"},
     "{{ cookiecutter.__package }}.tasks.notifications.*": {"queue": "{{ q_high }}"},
     "{{ cookiecutter.__package }}.tasks.prices.*": {"queue": "{{ q_low }}"},
 }

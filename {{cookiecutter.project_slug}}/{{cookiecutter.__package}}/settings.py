@@ -60,15 +60,21 @@ class Settings(BaseSettings):
     visibility_timeout: int | None = None
     # One day: long enough for callers to read a result, short enough that Redis does not fill up.
     result_expires: int = 86_400
+    # Largest task message accepted, in bytes (guards.py): a bigger one is refused at publish time and dead-lettered by
+    # the worker. Pass large data by reference (an id, a URL): big messages slow the broker and every worker prefetch.
+    max_payload_bytes: int = 1_048_576
     # Recycle a pool process after this many tasks / this much resident memory (KiB) to contain leaks.
     worker_max_tasks_per_child: int = 1000
     worker_max_memory_per_child: int = 512_000
-    # On a cold shutdown (second SIGTERM, SIGQUIT) running tasks get this long to finish before being cancelled.
+    # On a cold shutdown (SIGQUIT; a second SIGTERM only repeats the warm one) running tasks get this long to finish
+    # before they are cancelled and, with acks_late, put back in the queue.
     worker_soft_shutdown_timeout: float = 30.0
     # None: each worker uses the value its queue's profile sets in queues.py.
     worker_prefetch_multiplier: int | None = None
     # How long a finished idempotency key is kept: a redelivery or retry of the same key inside this window is skipped.
     idempotency_ttl: int = 7 * 86_400
+    # json: one JSON object per line, for log pipelines; text: readable in a terminal (logs.py).
+    log_format: Literal["json", "text"] = Field(default="json", validation_alias=AliasChoices("LOG_FORMAT"))
     # Prefix for every Redis key this project writes, so several projects can share one Redis.
     key_prefix: str = "{{ cookiecutter.__package }}"
 

@@ -1,0 +1,215 @@
+"""Fast tier: the Kubernetes manifests of every rendered variant build, validate and follow the policies.
+
+For each supported answer set with use_kubernetes=y (plus every broker x autoscaling pair): both overlays build with
+`kubectl kustomize` (skipped with the reason without kubectl, failed when CI=true), every document passes
+kubernetes-validate's strict schemas of the three newest Kubernetes minors it bundles, KEDA's objects pass structural
+checks, and the policies of k8s_policy.py hold. The build uses secret.env copied from the committed
+secret.example.env, so the built Secret shows exactly what the committed files carry.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from k8s_policy import (
+    OVERLAYS,
+    Checks,
+    Manifests,
+    build,
+    check_keda,
+    check_policies,
+    documents_by_kind,
+    read_env_file,
+    real_secret,
+    require_kubectl,
+    schema_problems,
+    validation_versions,
+    write_secret_env,
+)
+from template import CHOICES, SUPPORTED, case_id, render
+
+DEFAULTS = {name: values[0] for name, values in CHOICES.items()}
+
+
+def _variants() -> list[dict[str, str]]:
+    variants = [answers for answers in SUPPORTED if answers.get("use_kubernetes", "y") == "y"]
+    covered = {(v.get("broker", DEFAULTS["broker"]), v.get("autoscaling", DEFAULTS["autoscaling"])) for v in variants}
+    variants += [
+        {"broker": broker, "autoscaling": autoscaling}
+        for broker in CHOICES["broker"]
+        for autoscaling in CHOICES["autoscaling"]
+        if (broker, autoscaling) not in covered
+    ]
+    # The smallest output: no Flower, no web, no autoscaler (an overlay with nothing to patch).
+    variants.append({"use_flower": "n", "use_web": "n", "autoscaling": "none"})
+    return variants
+
+
+VARIANTS = _variants()
+
+
+@dataclass
+class Built:
+    answers: dict[str, str]
+    project: Path
+    docs: dict[str, list[dict]]
+
+    @property
+    def k8s(self) -> Path:
+        return self.project / "deploy" / "k8s"
+
+    def option(self, name: str) -> str:
+        """The answer as rendered (recorded in .cookiecutter.json), defaults included."""
+        return json.loads((self.project / ".cookiecutter.json").read_text())["cookiecutter"][name]
+
+    @property
+    def slug(self) -> str:
+        return self.project.name
+
+    @property
+    def package(self) -> str:
+        return self.slug.replace("-", "_")
+
+    def namespace(self, overlay: str) -> str:
+        return f"{self.slug}-staging" if overlay == "staging" else self.slug
+
+
+@pytest.fixture(scope="module")
+def versions() -> list[str]:
+    found = validation_versions()
+    print(f"\nkubernetes-validate schemas used: {', '.join(found)}")
+    assert len(found) == 3, found
+    return found
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=case_id)
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    require_kubectl()
+    project = render(tmp_path_factory.mktemp("k8s"), request.param)
+    k8s = project / "deploy" / "k8s"
+    docs = {}
+    for overlay in OVERLAYS:
+        assert not (k8s / "overlays" / overlay / "secret.env").exists(), "secret.env must never be rendered"
+        write_secret_env(k8s / "overlays" / overlay)
+        docs[overlay] = build(k8s, overlay)
+    return Built(request.param, project, docs)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_document_passes_strict_schemas(built: Built, overlay: str, versions: list[str]) -> None:
+    docs = built.docs[overlay]
+    passed, problems = schema_problems(docs, versions)
+    keda = sum(1 for doc in docs if doc["apiVersion"].startswith("keda.sh/"))
+    print(
+        f"\n{case_id(built.answers)} {overlay}: {len(docs)} documents ({', '.join(documents_by_kind(docs))}); "
+        f"{passed} strict validations against {', '.join(versions)}; {keda} KEDA documents without a schema"
+    )
+    assert not problems, "\n".join(problems)
+    assert passed == (len(docs) - keda) * len(versions)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_policies_hold(built: Built, overlay: str) -> None:
+    manifests = Manifests(built.docs[overlay])
+    check = Checks()
+    check_policies(manifests, check, slug=built.slug, package=built.package, namespace=built.namespace(overlay))
+    keda = Checks()
+    if built.option("autoscaling") == "keda":
+        check_keda(manifests, keda, broker=built.option("broker"))
+    print(f"\n{case_id(built.answers)} {overlay}: {check.count} policy checks, {keda.count} KEDA checks")
+    check.assert_ok()
+    keda.assert_ok()
+
+
+def test_autoscaling_answer_decides_the_worker_autoscalers(built: Built) -> None:
+    for overlay in OVERLAYS:
+        manifests = Manifests(built.docs[overlay])
+        workers = sorted(d["metadata"]["name"] for d in manifests.by_command("worker"))
+        queues = sorted(q for d in manifests.by_command("worker") for q in manifests.worker_queues(d))
+        assert queues == sorted(built.option("queues").replace(" ", "").split(",")), "one worker per queue"
+        scaled = sorted(s["spec"]["scaleTargetRef"]["name"] for s in manifests.of("ScaledObject", "keda.sh"))
+        hpas = sorted(
+            h["spec"]["scaleTargetRef"]["name"]
+            for h in manifests.of("HorizontalPodAutoscaler")
+            if h["spec"]["scaleTargetRef"]["name"] in workers
+        )
+        expected = {"keda": (workers, []), "hpa": ([], workers), "none": ([], [])}[built.option("autoscaling")]
+        assert (scaled, hpas) == expected, f"{overlay}: ScaledObjects {scaled}, worker HPAs {hpas}"
+        web = [h for h in manifests.of("HorizontalPodAutoscaler") if h["metadata"]["name"] == "web"]
+        assert len(web) == (built.option("use_web") == "y")
+        assert bool(manifests.get("Deployment", "flower")) == (built.option("use_flower") == "y")
+        staging_only = {"redis"} | ({"rabbitmq"} if built.option("broker") == "rabbitmq" else set())
+        stateful = {s["metadata"]["name"] for s in manifests.of("StatefulSet")}
+        assert stateful == (staging_only if overlay == "staging" else set()), f"{overlay}: StatefulSets {stateful}"
+
+
+def test_committed_files_carry_no_secret(built: Built) -> None:
+    ignored = (built.k8s / ".gitignore").read_text().splitlines()
+    assert "secret.env" in ignored, "secret.env must be git-ignored"
+    for path in built.k8s.rglob("*"):
+        if path.name == "secret.env" or not path.is_file():
+            continue
+        if path.suffix == ".yaml" and path.name != "kustomizeconfig.yaml":
+            kinds = [doc.get("kind") for doc in yaml.safe_load_all(path.read_text()) if doc]
+            assert "Secret" not in kinds, f"{path.name}: Secrets come from the secretGenerator, not a manifest"
+        if path.name == "secret.example.env":
+            values = read_env_file(path)
+            assert values, path
+            real = [key for key, value in values.items() if real_secret(key, value)]
+            assert not real, f"{path.relative_to(built.project)}: {real} are not placeholders"
+
+
+def test_images_are_overridable_through_kustomize_images(built: Built, tmp_path: Path) -> None:
+    """A deploy pipeline adds an overlay (or runs `kustomize edit set image`): the tag reaches every app container."""
+    overlay = built.k8s / "overlays" / "ci-test"
+    overlay.mkdir()
+    try:
+        (overlay / "kustomization.yaml").write_text(
+            f"resources: [../production]\nimages:\n  - name: registry.example.com/{built.slug}\n    newTag: '1.2.3'\n"
+        )
+        docs = build(built.k8s, "ci-test")
+    finally:
+        shutil.rmtree(overlay)
+    images = {
+        c["image"]
+        for d in Manifests(docs).workloads()
+        for c in Manifests.containers(d)
+        if c.get("command", [""])[0].startswith("bin/")
+    }
+    assert images == {f"registry.example.com/{built.slug}:1.2.3"}, images
+
+
+def test_kubernetes_validate_cli_agrees(versions: list[str], tmp_path: Path) -> None:
+    """The command a user would run, on the default answers: exit 0 and no ERROR for either overlay."""
+    require_kubectl()
+    project = render(tmp_path, {})
+    k8s = project / "deploy" / "k8s"
+    for overlay in OVERLAYS:
+        write_secret_env(k8s / "overlays" / overlay)
+        built = subprocess.run(
+            ["kubectl", "kustomize", str(k8s / "overlays" / overlay)], capture_output=True, text=True, check=True
+        )
+        out = tmp_path / f"{overlay}.yaml"
+        out.write_text(built.stdout)
+        argv = [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet"]
+        argv += [arg for version in versions for arg in ("-k", version)]
+        result = subprocess.run([*argv, str(out)], capture_output=True, text=True, check=False)
+        errors = [line for line in result.stdout.splitlines() if not line.startswith("WARN")]
+        warned = {
+            line.split("kind ")[1].split(" ")[0] for line in result.stdout.splitlines() if line.startswith("WARN")
+        }
+        print(f"\nkubernetes-validate --strict {overlay}: exit {result.returncode}; no schema for {sorted(warned)}")
+        assert result.returncode == 0 and not errors, result.stdout + result.stderr
+        assert warned <= {"ScaledObject", "TriggerAuthentication"}
+
+
+@pytest.mark.parametrize("answers", [{"use_kubernetes": "n"}], ids=case_id)
+def test_no_manifests_without_kubernetes(answers: dict[str, str], tmp_path: Path) -> None:
+    project = render(tmp_path, answers)
+    assert not (project / "deploy" / "k8s").exists()
+    assert "## Kubernetes" not in (project / "README.md").read_text()

@@ -1,0 +1,257 @@
+"""Boot tier for the operations surface: the exporter (bin/metrics) and the ops CLI, per broker.
+
+Two kinds of stack:
+- the session's `booted` stack (a worker per queue): task counters and runtimes move as tasks run there, and
+  `ops queues` / `ops workers` list every queue and worker. Nothing here stops its workers or its broker.
+- a private broker (module fixture `idle`) with no worker at all, shared with nobody: the project's processes are
+  pointed at it with CELERY_BROKER_URL (results stay in the booted Redis). Only there can a queue hold messages
+  that no worker takes, so its depth is exact; and only there may a test crash the broker (as test_faults.py does on
+  its own stack) to show the exporter reconnecting.
+  Why not a queue of the booted stack: every declared queue has a worker, and stopping or pausing one would race the
+  other modules that read those workers' logs. An extra declared queue is not possible without editing queues.py
+  (settings require a profile for every queue).
+"""
+
+import json
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import services
+from booted import BootedProject, Proc
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.boot
+ORDER = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@example.com"}
+
+
+@dataclass
+class Idle:
+    service: services.Service
+    env: dict[str, str]  # points the project's processes at this broker
+
+
+@pytest.fixture(scope="module")
+def idle(booted: BootedProject, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idle]:
+    work = tmp_path_factory.mktemp("idle-broker")
+    service = services.start_rabbitmq(work) if booted.service("rabbitmq") else services.start_redis(work)
+    try:
+        yield Idle(service, {"CELERY_BROKER_URL": service.url})
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def exporters(booted: BootedProject) -> Iterator[list[Proc]]:
+    """Exporters started by a test; stopped afterwards whatever happened."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop(timeout=30)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
+        time.sleep(0.2)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float] | None:
+    """Every sample by (name, labels); None while the exporter does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    families = text_string_to_metric_families(text)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}
+
+
+class Exporter:
+    def __init__(self, booted: BootedProject, proc: Proc, port: int) -> None:
+        self.prefix, self.proc, self.port = booted.package, proc, port
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's value; 0 for a series not exported yet (a counter no event has touched)."""
+        samples = scrape(self.port)
+        assert samples is not None, f"exporter stopped answering:\n{services.log_tail(self.proc.log)}"
+        return samples.get((f"{self.prefix}_{name}", tuple(sorted(labels.items()))), 0.0)
+
+
+def start_metrics(booted: BootedProject, started: list[Proc], name: str, env: dict[str, str] | None = None) -> Exporter:
+    port = services.free_port()
+    proc = booted.start(name, ["bin/metrics"], env={"METRICS_PORT": str(port), **(env or {})})
+    started.append(proc)
+    wait_until(lambda: scrape(port) is not None or proc.popen.poll() is not None, 60, f"{name} answering")
+    assert proc.popen.poll() is None, services.log_tail(proc.log)
+    return Exporter(booted, proc, port)
+
+
+def client(booted: BootedProject, code: str, env: dict[str, str] | None = None) -> object:
+    """Like booted.client, with environment overrides (a producer pointed at the idle broker)."""
+    program = f"import json\nimport {booted.package} as pkg\n" + textwrap.dedent(code)
+    result = booted.run(sys.executable, "-c", program, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def routes(booted: BootedProject) -> dict[str, str]:
+    """Example task name -> the queue the project's router sends it to."""
+    return client(
+        booted,
+        f"""
+        from {booted.package}.celery_app import app
+        from {booted.package}.tasks import notifications, orders, prices
+        names = [orders.process_order.name, notifications.send_receipt.name, prices.fetch_price.name]
+        print(json.dumps({{name: app.amqp.router.route({{}}, name)["queue"].name for name in names}}))
+        """,
+    )
+
+
+def publish(booted: BootedProject, env: dict[str, str], prices: int = 0, orders: int = 0) -> None:
+    """Send routed example tasks without waiting for them (nobody may consume them)."""
+    client(
+        booted,
+        f"""
+        from {booted.package}.tasks.orders import process_order
+        from {booted.package}.tasks.prices import fetch_price
+        ids = [fetch_price.delay("EURUSD").id for _ in range({prices})]
+        ids += [process_order.delay({ORDER!r}).id for _ in range({orders})]
+        print(json.dumps(ids))
+        """,
+        env,
+    )
+
+
+def ops_queues(booted: BootedProject, env: dict[str, str] | None = None) -> dict[str, int]:
+    listing = booted.module("ops", "queues", env=env)
+    assert listing.returncode == 0, listing.stderr
+    print(listing.stdout)
+    header, *rows = listing.stdout.splitlines()
+    assert header.split() == ["queue", "ready"]
+    return {name: int(count) for name, count in (row.split() for row in rows)}
+
+
+def expected_queues(booted: BootedProject) -> list[str]:
+    # RabbitMQ variants also list the "<queue>.dead" queues the broker dead-letters into.
+    dead = [f"{queue}.dead" for queue in booted.queues] if booted.service("rabbitmq") else []
+    return booted.queues + dead
+
+
+def test_exporter_counts_successes_and_runtimes_per_task_and_queue(
+    booted: BootedProject, exporters: list[Proc]
+) -> None:
+    exporter = start_metrics(booted, exporters, "metrics")
+    # Workers send a heartbeat event every 2 s: once one arrived, the event queue is bound and no task event is missed.
+    wait_until(lambda: exporter.value("exporter_events_received_total") > 0, what="first event")
+    assert exporter.value("exporter_events_connected") == 1
+    routed = routes(booted)
+    assert sorted(set(routed.values())) == sorted(booted.queues), "an example task per queue"
+
+    def counts() -> dict[str, tuple[float, float]]:
+        return {
+            task: (
+                exporter.value("task_succeeded_total", task=task, queue=queue),
+                exporter.value("task_runtime_seconds_count", task=task, queue=queue),
+            )
+            for task, queue in routed.items()
+        }
+
+    before = counts()
+    client(
+        booted,
+        f"""
+        import uuid
+        from {booted.package}.tasks import notifications, orders, prices
+        for _ in range(3):
+            orders.process_order.delay({ORDER!r}).get(timeout=30)
+            notifications.send_receipt.delay("metrics-" + uuid.uuid4().hex).get(timeout=30)
+            prices.fetch_price.delay("EURUSD").get(timeout=30)
+        print(json.dumps(True))
+        """,
+    )
+    wait_until(
+        lambda: all(now[0] >= before[t][0] + 3 and now[1] >= before[t][1] + 3 for t, now in counts().items()),
+        what="3 more successes and runtimes per task",
+    )
+    print({f"{task} ({routed[task]})": now for task, now in counts().items()})
+    assert exporter.value("exporter_broker_up") == 1
+    assert exporter.proc.stop() == 0, "SIGTERM should be a clean exit"
+
+
+def test_ops_lists_every_queue_with_its_depth_and_every_worker(booted: BootedProject) -> None:
+    assert list(ops_queues(booted)) == expected_queues(booted)
+    workers = booted.module("ops", "workers", "--timeout", "5")
+    assert workers.returncode == 0, workers.stderr
+    print(workers.stdout)
+    for queue in booted.queues:  # bin/worker names each node after its queue
+        line = next((line for line in workers.stdout.splitlines() if line.startswith(f"{queue}@")), "")
+        assert " ok  pool=prefork concurrency=1 prefetch=" in line, workers.stdout
+
+
+def test_queues_nobody_consumes_report_their_depth_and_can_be_purged(
+    booted: BootedProject, idle: Idle, exporters: list[Proc]
+) -> None:
+    routed = routes(booted)
+    prices_queue, orders_queue = routed[f"{booted.package}.tasks.prices.fetch_price"], booted.queues[0]
+    publish(booted, idle.env, prices=3, orders=2)
+    exporter = start_metrics(booted, exporters, "metrics-idle", idle.env)
+    depths = {queue: 0 for queue in expected_queues(booted)} | {prices_queue: 3, orders_queue: 2}
+    # Queues never declared on this broker (no worker, no publisher) report 0 rather than disappearing.
+    for queue, depth in depths.items():
+        assert exporter.value("queue_depth", queue=queue) == depth, queue
+    assert exporter.value("exporter_broker_up") == 1
+    assert ops_queues(booted, idle.env) == depths
+
+    nobody = booted.module("ops", "workers", "--timeout", "1", env=idle.env)
+    assert nobody.returncode == 1 and nobody.stderr.startswith("error: no workers replied within 1.0s"), nobody.stderr
+    for queue in (orders_queue, prices_queue):
+        purged = booted.module("ops", "purge", queue, "--yes", env=idle.env)
+        assert purged.returncode == 0 and f"purged {depths[queue]} message(s) from {queue!r}" in purged.stdout
+    assert exporter.value("queue_depth", queue=prices_queue) == 0
+    assert exporter.proc.stop() == 0
+
+
+def test_exporter_survives_a_broker_crash_and_counts_after_it(
+    booted: BootedProject, idle: Idle, exporters: list[Proc]
+) -> None:
+    prices_task = f"{booted.package}.tasks.prices.fetch_price"
+    queue = routes(booted)[prices_task]
+    exporter = start_metrics(booted, exporters, "metrics-crash", idle.env)
+    wait_until(lambda: exporter.value("exporter_events_connected") == 1, what="event stream consumed")
+
+    idle.service.kill()  # SIGKILL: a crash
+    # The exporter keeps answering scrapes and says what it cannot see.
+    wait_until(lambda: exporter.value("exporter_events_connected") == 0, what="event stream loss reported")
+    assert exporter.value("exporter_broker_up") == 0
+    started = time.monotonic()
+    idle.service.restart()  # same port and data
+    wait_until(lambda: exporter.value("exporter_events_connected") == 1, 90, "event stream consumed again")
+    print(f"exporter reconnected {time.monotonic() - started:.1f}s after the broker restart began")
+
+    publish(booted, idle.env, prices=3)
+    wait_until(lambda: exporter.value("queue_depth", queue=queue) == 3, what="depth read after the restart")
+    worker = booted.start(
+        f"worker-idle-{queue}",
+        [str(booted.path / "bin" / "worker")],
+        {**idle.env, "WORKER_QUEUES": queue, "WORKER_NAME": f"idle-{queue}",
+         "WORKER_HEARTBEAT_FILE": str(booted.logs / f"idle-{queue}.heartbeat")},
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: (
+                exporter.value("task_succeeded_total", task=prices_task, queue=queue) >= 3
+                and exporter.value("task_runtime_seconds_count", task=prices_task, queue=queue) >= 3
+            ),
+            what="tasks run after the restart counted",
+        )
+        assert exporter.value("queue_depth", queue=queue) == 0
+    finally:
+        assert worker.stop() == 0
+    assert exporter.proc.stop() == 0
+    assert "event stream lost" in exporter.proc.log.read_text()

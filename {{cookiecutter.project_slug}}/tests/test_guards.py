@@ -1,0 +1,90 @@
+"""Guards (guards.py) in isolation: the payload size limit, and refused messages recorded as dead letters."""
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import fakeredis
+import pytest
+from celery.exceptions import InvalidTaskError
+from kombu.exceptions import ContentDisallowed
+
+from {{ cookiecutter.__package }} import deadletters, guards
+from {{ cookiecutter.__package }}.celery_app import app
+from {{ cookiecutter.__package }}.settings import settings
+from {{ cookiecutter.__package }}.tasks.orders import process_order
+
+
+@pytest.fixture
+def fake_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
+    fake = fakeredis.FakeRedis(decode_responses=True)
+    monkeypatch.setattr(deadletters, "client", lambda: fake)
+    yield fake
+
+
+@pytest.fixture
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(settings, "max_payload_bytes", 100)
+    return 100
+
+
+def message(body: bytes = b"[[], {}, {}]", headers: dict | None = None, decoded: Any = None) -> SimpleNamespace:
+    """The parts of a kombu Message the guards read."""
+    return SimpleNamespace(
+        body=body,
+        headers=headers,
+        delivery_info={"routing_key": "{{ cookiecutter.__default_queue }}"},
+        delivery_tag="tag-1",
+        decode=lambda: decoded,
+    )
+
+
+def test_an_oversized_payload_is_refused_before_publishing(small_limit: int) -> None:
+    # Raised before any broker connection: nothing is sent.
+    with pytest.raises(guards.PayloadTooLarge, match=r"over the 100-byte limit \(CELERY_MAX_PAYLOAD_BYTES\)"):
+        process_order.apply_async(args=[{"order_id": "x" * 200}])
+
+
+def test_a_payload_at_the_limit_passes() -> None:
+    guards.check_payload_size("some.task", settings.max_payload_bytes)
+
+
+def test_the_worker_refuses_an_oversized_message_the_way_celery_refuses_invalid_ones(small_limit: int) -> None:
+    # An InvalidTaskError from the request constructor makes Celery's consumer log, reject and send task_rejected.
+    assert issubclass(guards.PayloadTooLarge, InvalidTaskError)
+    with pytest.raises(guards.PayloadTooLarge, match=r"some\.task message is 101 bytes"):
+        guards.GuardedRequest(message(b"x" * 101, {"id": "id-1", "task": "some.task"}))
+
+
+def test_every_task_is_guarded() -> None:
+    app.loader.import_default_modules()
+    ours = [task for name, task in app.tasks.items() if name.startswith("{{ cookiecutter.__package }}.")]
+    assert ours
+    for task in ours:
+        assert isinstance(task, guards.GuardedTask) and task.Request is guards.GuardedRequest, task.name
+
+
+def test_a_refused_message_becomes_a_dead_letter_without_its_arguments(fake_redis: fakeredis.FakeRedis) -> None:
+    exc = ContentDisallowed("Refusing to deserialize untrusted content of type pickle")
+    guards.record_rejected(message=message(headers={"id": "id-1", "task": "some.task"}), exc=exc)
+    [entry] = deadletters.entries()
+    assert (entry["id"], entry["task"], entry["args"], entry["queue"]) == (
+        "id-1",
+        "some.task",
+        [],
+        "{{ cookiecutter.__default_queue }}",
+    )
+    assert entry["reason"].startswith("ContentDisallowed: Refusing to deserialize untrusted content of type pickle")
+
+
+def test_a_message_that_is_not_a_task_message_is_recorded_too(fake_redis: fakeredis.FakeRedis) -> None:
+    guards.record_rejected(message=message(headers=None), exc=None)
+    [entry] = deadletters.entries()
+    assert entry["id"] == "no-id-tag-1" and entry["reason"].startswith("InvalidTaskError: not a Celery task message")
+
+
+def test_an_unknown_task_keeps_its_arguments_for_replay(fake_redis: fakeredis.FakeRedis) -> None:
+    guards.record_unknown(message=message(decoded=(["a"], {"b": 1}, {})), name="not.deployed.yet", id="id-2")
+    [entry] = deadletters.entries()
+    assert (entry["id"], entry["task"], entry["args"], entry["kwargs"]) == ("id-2", "not.deployed.yet", ["a"], {"b": 1})
+    assert entry["reason"].startswith("NotRegistered: no task named 'not.deployed.yet'")

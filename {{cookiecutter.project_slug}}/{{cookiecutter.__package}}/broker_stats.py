@@ -1,0 +1,83 @@
+"""Queue depths read from the broker: how many messages wait in each declared queue.
+
+Shared by the metrics exporter (read at every scrape) and the ops CLI (`ops queues`, `ops purge`). One passive
+`queue_declare` per queue: it creates nothing, and both transports answer it cheaply (RabbitMQ from its queue table,
+kombu's Redis transport with one LLEN per priority list).
+
+The depth counts messages that are *ready*: not yet delivered to a worker. Messages a worker has prefetched or holds
+for a countdown/ETA are unacknowledged (task_acks_late) and not counted; `ops reserved` and `ops scheduled` show them.
+"""
+
+from celery import Celery
+from kombu import Connection
+{%- if cookiecutter.broker == "rabbitmq" %}
+
+from .queues import dead_letter_queues
+{%- endif %}
+
+
+def declared_queues(app: Celery) -> list[str]:
+    """The task queues in declaration order, the default first{% if cookiecutter.broker == "rabbitmq" %}, then RabbitMQ's "<queue>.dead" queues{% endif %}."""
+    names = [queue.name for queue in app.conf.task_queues]
+{%- if cookiecutter.broker == "rabbitmq" %}
+    # Messages RabbitMQ gave up on (delivered more than x-delivery-limit times): worth watching, never consumed.
+    names += [queue.name for queue in dead_letter_queues()]
+{%- endif %}
+    return names
+
+
+def connect(app: Celery) -> Connection:
+    """A broker connection that fails within seconds instead of retrying forever (the workers' setting)."""
+    connection = app.connection_for_read()
+    try:
+        # A scrape or an operator's command should report "broker unreachable", not hang in kombu's retry loop.
+        connection.ensure_connection(max_retries=1, interval_start=0.5)
+    except Exception:
+        connection.release()
+        raise
+    return connection
+
+
+def _not_found(exc: Exception) -> bool:
+    # py-amqp's NotFound has reply_code 404; kombu's Redis transport raises a ChannelError with reply_code "404".
+    return str(getattr(exc, "reply_code", "")) == "404"
+
+
+def queue_depths(app: Celery, names: list[str] | None = None) -> dict[str, int]:
+    """Messages ready in each queue, in declaration order. Raises the transport's error when the broker is down."""
+    depths: dict[str, int] = {}
+    with connect(app) as connection:
+        channel = connection.channel()
+        try:
+            for name in declared_queues(app) if names is None else names:
+                try:
+                    depths[name] = channel.queue_declare(queue=name, passive=True).message_count
+                except connection.channel_errors as exc:
+                    if not _not_found(exc):
+                        raise
+                    # No such queue holds no messages: Redis deletes a list when its last message is taken, and
+                    # RabbitMQ has no queue until a worker or a publisher declared it. A queue with messages but no
+                    # consumer exists on both, so its depth is reported.
+                    depths[name] = 0
+                    # AMQP closes a channel after any channel error; the next declare needs a fresh one.
+                    channel = _reopen(connection, channel)
+        finally:
+            channel.close()
+    return depths
+
+
+def _reopen(connection: Connection, channel: object) -> object:
+    if getattr(channel, "is_open", True):
+        return channel  # the Redis transport's channel stays usable
+    return connection.channel()
+
+
+def purge(app: Celery, name: str) -> int:
+    """Delete the ready messages of one queue; returns how many. Unacknowledged (reserved) messages stay."""
+    with connect(app) as connection, connection.channel() as channel:
+        try:
+            return channel.queue_purge(name) or 0
+        except connection.channel_errors as exc:
+            if not _not_found(exc):
+                raise
+            return 0  # never declared on the broker: nothing to remove

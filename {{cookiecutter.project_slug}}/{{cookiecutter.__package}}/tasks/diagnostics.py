@@ -1,0 +1,30 @@
+"""Diagnostic tasks for fault drills (kill a worker, restart Redis) and the template's fault-injection tests."""
+
+import json
+import os
+import time
+
+from celery.utils.log import get_task_logger
+
+from .. import redis_store
+from ..celery_app import app
+
+logger = get_task_logger(__name__)
+
+
+def runs_key() -> str:
+    """The Redis list record_run appends to: one JSON entry per execution."""
+    return redis_store.key("diagnostics", "runs")
+
+
+@app.task
+def record_run(key: str, seconds: float = 0.0) -> str:
+    """Sleep `seconds`, then append {"key", "pid", "at"} to runs_key(): one entry per execution.
+
+    Idempotent by declaration: running it twice only adds a second entry, harmless, and exactly what a redelivery
+    drill counts (two entries for one key = one duplicate delivery).
+    """
+    logger.info("record_run %s: running for %.1fs", key[:80], seconds)
+    time.sleep(seconds)
+    redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
+    return key
