@@ -13,6 +13,7 @@ within the lock timeout.
 import base64
 import contextlib
 import functools
+import itertools
 import json
 import os
 import re
@@ -315,16 +316,22 @@ def test_redis_restart_under_load_loses_nothing_sent_after_it(stack: Stack) -> N
     executed = {run["key"] for run in stack.runs()}
     waiting = unacked_keys(stack)  # back in the queue once the visibility timeout passes
     fate = "reconnected in the same process" if exit_code is None else f"exited {exit_code} and was restarted"
+    # How long the publisher went without a successful send: it spans the outage when a send blocked inside Celery's
+    # own publish retries (or a connect timeout) instead of raising to the loop.
+    times = sorted(s["at"] for s in sent())
+    stall = max(b - a for a, b in itertools.pairwise(times))
     print(
         f"Redis restart under load: down {up_at - down_at:.1f}s; the worker {fate}; first task sent after "
         f"the restart completed {first_after - up_at:.2f}s after Redis was back; publisher loop retried "
-        f"{len(retries)} times; "
+        f"{len(retries)} times, longest gap between sends {stall:.1f}s; "
         f"{len(after)} sent after the restart, all ran; of {len(before)} sent before the crash "
         f"{len(set(before) & executed)} ran, {len((set(before) & waiting) - executed)} wait unacknowledged for the "
         f"visibility timeout, {len(set(before) - executed - waiting)} unaccounted"
     )
     assert config["task_publish_retry"] is True, "Celery retries publishing by default; keep it on"
-    assert retries, "the broker was down for 3 s: the publisher should have had to retry"
+    # Either the loop retried, or a send waited out the outage inside Celery's retry: in both cases nothing was
+    # dropped (the "all ran" check above) and the publisher did not give up.
+    assert retries or stall >= 2.5, "the broker was down for 3 s: the publisher must have retried or waited"
     assert first_after - up_at < 60
 
 
