@@ -12,10 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import services
 from services import log_tail, process_family
+from template import render
 
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -163,3 +166,43 @@ def uninstall(dist: str) -> None:
 
 def read_answers(path: Path) -> dict:
     return json.loads((path / ".cookiecutter.json").read_text())["cookiecutter"]
+
+
+@contextlib.contextmanager
+def running_project(work: Path, project_name: str, broker: str, *, workers: bool = True) -> Iterator[BootedProject]:
+    """Render a project, install it, start its broker servers (and a `bin/worker` per queue); stop all afterwards.
+
+    Each caller uses its own `project_name`, so several rendered projects can be installed into the one environment.
+    """
+    services.require("redis-server")
+    if broker == "rabbitmq":
+        services.require("rabbitmq-server")
+    path = render(work, {"project_name": project_name, "broker": broker})
+    answers = read_answers(path)
+    install(path)
+    started: list[services.Service] = []
+    project = None
+    try:
+        redis = services.start_redis(work / "redis")
+        started.append(redis)
+        broker_url = None
+        if broker == "rabbitmq":
+            started.append(services.start_rabbitmq(work / "rabbitmq"))
+            broker_url = started[-1].url
+        logs = work / "logs"
+        logs.mkdir()
+        queues = [q.strip() for q in answers["queues"].split(",")]
+        env = project_env(path, redis.url, broker_url)
+        project = BootedProject(path, answers["__package"], queues, env, logs, services=started)
+        if workers:
+            for queue in queues:
+                project.start_worker(queue)
+            for proc in project.procs:
+                proc.wait_for_log("ready.")
+        yield project
+    finally:
+        if project:
+            project.stop_all()
+        for service in reversed(started):
+            service.stop()
+        uninstall(answers["project_slug"])

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import redis
 import services
-from booted import BootedProject, Proc, install, project_env, read_answers, uninstall
-from template import CHOICES, render
+from booted import BootedProject, Proc, running_project
+from template import CHOICES
 
 pytestmark = pytest.mark.boot
 
@@ -76,40 +76,14 @@ class Stack:
 
 def boot_stack(work: Path, broker: str) -> Iterator[Stack]:
     """Render, install and start the servers of a fault stack; no workers: each test starts and stops its own."""
-    services.require("redis-server")
-    if broker == "rabbitmq":
-        services.require("rabbitmq-server")
-    path = render(work, {"project_name": f"Fault {broker}", "broker": broker})
-    answers = read_answers(path)
-    install(path)
-    started: list[services.Service] = []
-    project = None
-    try:
-        redis_server = services.start_redis(work / "redis")
-        started.append(redis_server)
-        broker_url = None
-        if broker == "rabbitmq":
-            rabbit = services.start_rabbitmq(work / "rabbitmq")
-            started.append(rabbit)
-            broker_url = rabbit.url
-        logs = work / "logs"
-        logs.mkdir()
-        queues = [q.strip() for q in answers["queues"].split(",")]
-        env = project_env(path, redis_server.url, broker_url)
-        project = BootedProject(path, answers["__package"], queues, env, logs, services=started)
+    with running_project(work, f"Fault {broker}", broker, workers=False) as project:
         runs_key = project.client(
             f"""
             from {project.package}.tasks.diagnostics import runs_key
             print(json.dumps(runs_key()))
             """
         )
-        yield Stack(project, redis_server, runs_key)
-    finally:
-        if project:
-            project.stop_all()
-        for service in reversed(started):
-            service.stop()
-        uninstall(answers["project_slug"])
+        yield Stack(project, project.service("redis"), runs_key)
 
 
 @pytest.fixture(scope="module")
