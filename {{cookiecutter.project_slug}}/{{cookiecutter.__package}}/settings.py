@@ -63,9 +63,12 @@ class Settings(BaseSettings):
     # Largest task message accepted, in bytes (guards.py): a bigger one is refused at publish time and dead-lettered by
     # the worker. Pass large data by reference (an id, a URL): big messages slow the broker and every worker prefetch.
     max_payload_bytes: int = 1_048_576
-    # Recycle a pool process after this many tasks / this much resident memory (KiB) to contain leaks.
-    worker_max_tasks_per_child: int = 1000
+    # Replace a pool process that has grown past this much resident memory (KiB): the leak guard.
     worker_max_memory_per_child: int = 512_000
+    # Off (None): replacing a pool process after N tasks stalls a one-process worker for up to 5 s each time (Celery
+    # 5.7 refills the pool on a 5 s timer, celery/celery#9588; `make bench`: 272 instead of 696 tasks/s). Set it only
+    # for tasks that leak something memory does not show (file handles, connections).
+    worker_max_tasks_per_child: int | None = None
     # On a cold shutdown (SIGQUIT; a second SIGTERM only repeats the warm one) running tasks get this long to finish
     # before they are cancelled and, with acks_late, put back in the queue.
     worker_soft_shutdown_timeout: float = 30.0

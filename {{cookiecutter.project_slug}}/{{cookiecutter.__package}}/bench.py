@@ -1,0 +1,281 @@
+"""`make bench`: what this project's worker configuration costs, against stock Celery and cookiecutter-django's.
+
+    python -m {{ cookiecutter.__package }}.bench [--tasks N] [--rounds R] [--settings] [--quick]
+
+Starts its own redis-server (free port, temporary data directory) and real `celery worker` processes, each in its own
+process group; every process gets the server's URL through the environment, which wins over REDIS_URL in `.env`.
+Each round runs the setups being compared one after another, in a rotating order, so other load on the machine hits
+them alike; the table gives the median over rounds and (min-max). Figures are printed, never asserted.
+"""
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import celery
+import redis
+
+from . import devservers
+from .bench_apps import BIN, COUNTER, LATENCIES, Setup, Worker, plan, stop
+
+PKG = __package__
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+class Bench:
+    def __init__(self, work: Path, url: str) -> None:
+        self.work, self.url, self.redis = work, url, redis.Redis.from_url(url)
+        self.results: dict[str, list[float]] = defaultdict(list)
+        self.latencies: dict[str, list[float]] = defaultdict(list)
+        self.started = 0
+
+    def start(self, setup: Setup) -> list[Worker]:
+        self.started += setup.workers
+        return [Worker.start(setup, f"bench{self.started - i}", self.work, self.url) for i in range(setup.workers)]
+
+    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        out = subprocess.run(argv, env=env, cwd=self.work, capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        return out
+
+    def publish(self, setup: Setup, task: str, count: int, *options: str) -> float:
+        """Publish from a fresh process with the setup's app, as a producer service would; returns seconds taken."""
+        argv = [sys.executable, "-m", f"{PKG}.bench_apps", task, str(count), *options]
+        out = self.run(argv + (["--queue", setup.queue] if setup.queue else []), setup.environ(self.url))
+        return float(out.stdout.split(":")[-1].strip(" }\n"))
+
+    def wait(self, target: int, workers: list[Worker], timeout: float) -> tuple[list[tuple[float, ...]], float]:
+        """Wait for `target` completions. Returns (time, done, main CPU s, pool CPU s) at the first completion, 10%,
+        90% and all of them (10%-90% leaves out the start-up and the stragglers), and the longest pause, in seconds,
+        between two completions."""
+        marks: dict[int, tuple[float, ...]] = {}
+        last_done, pause, last_change = 0, 0.0, time.perf_counter()
+        deadline = last_change + timeout
+        while len(marks) < 4:
+            done, now = int(self.redis.get(COUNTER) or 0), time.perf_counter()
+            for index, mark in enumerate((1, max(1, target // 10), max(1, target * 9 // 10), target)):
+                if done >= mark and index not in marks:
+                    cpu = [sum(values) for values in zip(*(w.cpu() for w in workers), strict=True)]
+                    marks[index] = (now, done, *cpu)
+            if done != last_done:  # a pause starts counting at the first completion, not at start-up
+                pause, last_done, last_change = max(pause, now - last_change) if last_done else 0.0, done, now
+            for worker in workers:
+                worker.check_alive()
+            if now > deadline:
+                raise RuntimeError(f"{done}/{target} tasks done after {timeout:.0f}s; logs in {self.work}")
+            time.sleep(0.01 if len(marks) < 4 else 0)
+        return [marks[index] for index in range(4)], pause
+
+    def drain(self, setup: Setup, task: str, count: int, memory: bool = False) -> None:
+        """Publish `count` tasks, then start the setup's workers and time how fast they empty the queue."""
+        self.redis.flushall()
+        seconds = ["--seconds", "0.05"] if task == "sleep" else []
+        self.results[f"publish {setup.label}"].append(count / self.publish(setup, task, count, *seconds))
+        started, workers = time.perf_counter(), self.start(setup)
+        try:
+            (first, low, high, last), pause = self.wait(count, workers, 60 + count * 0.1)
+            self.results[f"first {setup.label}"].append(first[0] - started)
+            self.results[f"pause {setup.label}"].append(pause)
+            start, end = (low, high) if high[0] > low[0] else (first, last)  # --quick: all done between two polls
+            tasks = max(1, end[1] - start[1])
+            self.results[setup.label].append(tasks / (end[0] - start[0]) if end[0] > start[0] else float("nan"))
+            self.results[f"cpu main {setup.label}"].append((end[2] - start[2]) * 1000 / tasks)
+            self.results[f"cpu pool {setup.label}"].append((end[3] - start[3]) * 1000 / tasks)
+            for name, mb in zip(("main", "child", "pss"), workers[0].memory() if memory else (), strict=False):
+                self.results[f"{name} {setup.label}"].append(mb)
+        finally:
+            stop(workers)
+
+    def ready(self, setup: Setup) -> list[Worker]:
+        """The setup's workers, started on an empty queue and past one task: consuming, remote control up."""
+        self.redis.flushall()
+        workers = self.start(setup)
+        try:
+            self.publish(setup, "noop", 1)
+            self.wait(1, workers, 120)
+        except BaseException:
+            stop(workers)
+            raise
+        return workers
+
+    def latency(self, setup: Setup, count: int) -> None:
+        """Enqueue->start on an idle worker: tasks paced at 100/s, well below capacity, so the figure is the way
+        through broker and worker, not a backlog; a fresh worker, so no pool process is recycled on the way."""
+        workers = self.ready(setup)
+        try:
+            self.publish(setup, "stamp", count, "--interval", "0.01")
+            self.wait(count + 1, workers, 60)
+            self.latencies[setup.label] += [float(x) * 1000 for x in self.redis.lrange(LATENCIES, 0, -1)]
+        finally:
+            stop(workers)
+
+    def probe(self, setup: Setup, rounds: int) -> None:
+        """CPU (user+sys of the child process) and wall seconds of each liveness probe of one live worker."""
+        worker = self.ready(setup)[0]
+        env = {**setup.environ(self.url), "WORKER_HEARTBEAT_FILE": str(self.work / f"bench{self.started}.heartbeat")}
+        probes = {
+            "health": [sys.executable, "-m", f"{PKG}.health", "worker"],
+            "ping": [str(BIN / "celery"), "--app", f"{PKG}.celery_app", "inspect", "ping", "-d", worker.node],
+        }
+        try:
+            for name in ["health", "ping", "ping", "health"] * rounds:
+                before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                self.run(probes[name], env)
+                wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_CHILDREN)
+                self.results[f"cpu {name}"].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                self.results[f"wall {name}"].append(wall)
+        finally:
+            stop([worker])
+
+    def boot(self, queues: list[str]) -> None:
+        """Seconds from nothing to a healthy native stack: redis-server, bin/worker per queue, bin/beat."""
+        started, procs, checks = time.perf_counter(), [], {}
+        self.started += 1
+        server = devservers.start_redis(self.work / f"boot{self.started}", devservers.free_port())
+        env, health = Setup("boot").environ(server.url), [sys.executable, "-m", f"{PKG}.health"]
+        try:
+            for queue in queues:
+                own = {**env, "WORKER_QUEUES": queue, "WORKER_NAME": f"bench-{queue}"}
+                own["WORKER_HEARTBEAT_FILE"] = str(self.work / f"boot{self.started}-{queue}.heartbeat")
+                procs.append(Worker.spawn([str(PROJECT / "bin" / "worker")], own, self.work, f"boot-{queue}"))
+                checks[queue] = ([*health, "worker"], own)
+            procs.append(Worker.spawn([str(PROJECT / "bin" / "beat")], env, self.work, "boot-beat"))
+            checks["beat"] = ([*health, "beat"], env)
+            while checks and time.perf_counter() < started + 120:
+                for name, (argv, check_env) in list(checks.items()):
+                    if subprocess.run(argv, env=check_env, cwd=self.work, capture_output=True).returncode == 0:
+                        del checks[name]
+                time.sleep(0.1)
+            if checks:
+                raise RuntimeError(f"not healthy after 120 s: {sorted(checks)}; logs in {self.work}")
+            self.results["boot"].append(time.perf_counter() - started)
+        finally:
+            stop(procs)
+            server.stop()
+
+
+def rotate(setups: list[Setup], index: int) -> list[Setup]:
+    """Round `index` starts with a different setup, so no setup always runs right after the same one."""
+    index %= max(1, len(setups))
+    return setups[index:] + setups[:index]
+
+
+def run(bench: Bench, groups: dict[str, list[Setup]], tasks: int, rounds: int) -> None:
+    from .settings import settings
+
+    small = max(4, tasks // 10)  # I/O tasks and latency samples per run
+    for index in range(rounds):
+        print(f"round {index + 1}/{rounds}", file=sys.stderr, flush=True)
+        for setup in rotate(groups["throughput"] + groups["settings"], index):
+            bench.drain(setup, "noop", tasks, memory=setup in groups["throughput"][:3])
+        for setup in rotate(groups["throughput"][:3], index):
+            bench.latency(setup, small)
+        for setup in rotate(groups["io"], index):
+            bench.drain(setup, "sleep", small)
+        for setup in rotate(groups["layout"], index):
+            bench.drain(setup, "noop", tasks)
+        for setup in rotate(groups["startup"], index):
+            bench.drain(setup, "noop", 1)
+        bench.boot(settings.queues)
+    bench.probe(groups["startup"][0], rounds)
+
+
+def report(bench: Bench, groups: dict[str, list[Setup]], machine: str, tasks: int, rounds: int) -> str:
+    res = bench.results
+
+    def med(key: str) -> float:
+        return statistics.median(res[key])
+
+    def cell(key: str, digits: int = 0) -> str:
+        spread = f" ({min(res[key]):.{digits}f}-{max(res[key]):.{digits}f})" if len(res[key]) > 1 else ""
+        return f"{med(key):.{digits}f}{spread}"
+
+    def add(measurement: str, setups: list[Setup], value: Callable[[str], str] = cell) -> None:
+        rows.extend((measurement, setup.label, value(setup.label)) for setup in setups)
+
+    def pair(first: str, second: str) -> str:
+        return f"{med(first):.2f} / {med(second):.2f}"
+
+    def memory(label: str) -> str:
+        return "RSS main {:.0f}, pool {:.0f}; PSS total {:.0f}".format(
+            *(med(f"{m} {label}") for m in ("main", "child", "pss"))
+        )
+
+    def percentiles(label: str) -> str:
+        cuts = statistics.quantiles(bench.latencies[label], n=100, method="inclusive")
+        return f"{cuts[49]:.1f} / {cuts[98]:.1f}"
+
+    rows: list[tuple[str, str, str]] = []
+    throughput, main = groups["throughput"], groups["throughput"][:3]
+    generated, stock, django, no_recycling = (s.label for s in throughput)
+    add("no-op tasks/s, one worker", throughput)
+    for mine in generated, no_recycling:
+        rows += [(f"ratio {mine.split(' (')[0]} / {x}", "", f"{med(mine) / med(x):.2f}") for x in (stock, django)]
+    # Against the same configuration with recycling off: otherwise the recycle stall would decide every comparison.
+    add(
+        "one setting changed, recycling off, tasks/s",
+        groups["settings"],
+        lambda x: f"{cell(x)}; {med(x) / med(no_recycling):.2f}x",
+    )
+    add("worker CPU per task, ms: main process / pool", throughput, lambda x: pair(f"cpu main {x}", f"cpu pool {x}"))
+    add("longest pause between completions, s", throughput, lambda x: cell(f"pause {x}", 2))
+    add("publish rate, tasks/s", main, lambda x: cell(f"publish {x}"))
+    add("enqueue->start latency p50 / p99, ms", main, percentiles)
+    add("worker memory after the run, MB", main, memory)
+    add("I/O task (sleep 50 ms), tasks/s", groups["io"], lambda x: cell(x, 1))
+    add("layout, no-op tasks/s", groups["layout"])
+    one, two = (s.label for s in groups["layout"])
+    rows.append(("layout ratio, two -c 1 workers / one -c 2 worker", "", f"{med(two) / med(one):.2f}"))
+    add("start-up to first task done, s", groups["startup"], lambda x: cell(f"first {x}", 2))
+    for name, command in ("health", f"python -m {PKG}.health worker"), ("ping", "celery inspect ping -d <node>"):
+        rows.append(("liveness probe, CPU s / wall s", command, pair(f"cpu {name}", f"wall {name}")))
+    rows.append(("probe CPU ratio, inspect ping / health worker", "", f"{med('cpu ping') / med('cpu health'):.0f}x"))
+    rows.append(("boot to healthy, s", "redis-server, bin/worker per queue, bin/beat", cell("boot", 2)))
+    runs = f"{tasks} no-op tasks per throughput run, {rounds} round(s) alternating between setups; median (min-max)."
+    header = [f"Machine: {machine}.", runs, "", "| measurement | setup | result |", "| --- | --- | --- |"]
+    return "\n".join(header + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def machine(url: str) -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
+    server = redis.Redis.from_url(url).info("server")["redis_version"]
+    versions = f"Python {platform.python_version()}, Celery {celery.__version__}, redis-server {server}"
+    return f"{os.cpu_count()} cores ({cpu}), {versions}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {PKG}.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks per throughput run (%(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are over these (%(default)s)")
+    parser.add_argument("--settings", action="store_true", help="also measure single settings changed")
+    parser.add_argument("--quick", action="store_true", help="20 tasks, 1 round: checks that everything runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.rounds = 20, 1
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        server = devservers.start_redis(work / "redis", devservers.free_port())
+        try:
+            os.chdir(work)  # no .env here: the settings are the project's defaults
+            os.environ.update(Setup("runner").environ(server.url))
+            bench, groups = Bench(work, server.url), plan(args.settings)
+            run(bench, groups, args.tasks, args.rounds)
+            print(report(bench, groups, machine(server.url), args.tasks, args.rounds))
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
