@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 
 import pytest
-from booted import BootedProject, running_project
+from booted import BootedProject, Proc, running_project
 from template import CHOICES
 
 
@@ -14,3 +14,12 @@ def booted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     # A distinct name per variant, so both can be installed into the one shared environment.
     with running_project(tmp_path_factory.mktemp(f"boot-{broker}"), f"Boot {broker}", broker) as project:
         yield project
+
+
+@pytest.fixture
+def stopped_afterwards() -> Iterator[list[Proc]]:
+    """Processes a test starts and appends here; all stopped by process group afterwards, whatever happened."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop(timeout=30)

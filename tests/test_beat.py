@@ -7,7 +7,6 @@ a 1 s price refresh, a 1 s loop interval and a 5 s lock timeout (5x the loop, as
 import re
 import signal
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -25,12 +24,9 @@ STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
 
 @pytest.fixture
-def beats(booted: BootedProject) -> Iterator[list[Proc]]:
+def beats(stopped_afterwards: list[Proc]) -> list[Proc]:
     """Beat processes started by a test; all stopped afterwards, whatever happened."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=30)
+    return stopped_afterwards
 
 
 def start_beat(booted: BootedProject, beats: list[Proc], name: str, **env: str) -> Proc:

@@ -46,12 +46,9 @@ def idle(booted: BootedProject, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-def exporters(booted: BootedProject) -> Iterator[list[Proc]]:
+def exporters(stopped_afterwards: list[Proc]) -> list[Proc]:
     """Exporters started by a test; stopped afterwards whatever happened."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=30)
+    return stopped_afterwards
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
