@@ -1,5 +1,7 @@
-"""The Prometheus exporter: events turned into counters (no broker), then live against real workers (bin/metrics)."""
+"""The Prometheus exporter: task counters in the test Redis read back as metrics, then bin/metrics live against real
+workers."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -8,12 +10,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+import redis
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from {{ cookiecutter.__package }} import metrics
+from {{ cookiecutter.__package }} import metrics, task_counters
 from {{ cookiecutter.__package }}.celery_app import app
 from {{ cookiecutter.__package }}.devservers import free_port
+from {{ cookiecutter.__package }}.redis_store import client
 from {{ cookiecutter.__package }}.tasks.orders import process_order
 from {{ cookiecutter.__package }}.tasks.prices import fetch_price
 
@@ -25,63 +29,74 @@ TIMEOUT = 30
 
 
 @pytest.fixture
-def exporter(monkeypatch: pytest.MonkeyPatch) -> metrics.Exporter:
+def registry(monkeypatch: pytest.MonkeyPatch) -> CollectorRegistry:
     monkeypatch.setattr(metrics, "queue_depths", lambda app: {"a": 3, "b": 0})
-    return metrics.Exporter(app, registry=CollectorRegistry())
+    client().delete(task_counters.KEY)  # unit tests start from no counters; the live test reads differences
+    return metrics.register(app, CollectorRegistry())
 
 
-def value(exporter: metrics.Exporter, name: str, **labels: str) -> float | None:
-    return exporter.registry.get_sample_value(f"{P}_{name}", labels)
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(f"{P}_{name}", labels)
 
 
-def test_a_success_counts_with_its_runtime_by_task_and_routed_queue(exporter: metrics.Exporter) -> None:
-    exporter.on_event({"type": "task-received", "uuid": "t1", "name": FETCH})
-    exporter.on_event({"type": "task-succeeded", "uuid": "t1", "runtime": 0.25})
-    labels = {"task": FETCH, "queue": FETCH_QUEUE}
-    assert value(exporter, "task_succeeded_total", **labels) == 1
-    assert value(exporter, "task_runtime_seconds_count", **labels) == 1
-    assert value(exporter, "task_runtime_seconds_sum", **labels) == 0.25
-    assert value(exporter, "task_runtime_seconds_bucket", le="0.5", **labels) == 1
-    assert value(exporter, "exporter_events_received_total") == 2
+def test_a_success_counts_with_its_runtime_by_task_and_queue(registry: CollectorRegistry) -> None:
+    fetch_price.apply(args=["EURUSD"])  # eager: the same signals as in a worker, with no queue ("eager")
+    labels = {"task": FETCH, "queue": "eager"}
+    assert value(registry, "task_succeeded_total", **labels) == 1
+    assert value(registry, "task_runtime_seconds_count", **labels) == 1
+    assert value(registry, "task_runtime_seconds_bucket", le="300.0", **labels) == 1
+    assert 0 < value(registry, "task_runtime_seconds_sum", **labels) < 300
+    assert value(registry, "exporter_redis_up") == 1
 
 
-def test_retries_and_final_failures_are_counted_apart(exporter: metrics.Exporter) -> None:
-    for kind in ("task-received", "task-retried", "task-received", "task-failed"):
-        exporter.on_event({"type": kind, "uuid": "t2", "name": FETCH})
-    labels = {"task": FETCH, "queue": FETCH_QUEUE}
-    assert value(exporter, "task_retried_total", **labels) == 1
-    assert value(exporter, "task_failed_total", **labels) == 1
-    assert value(exporter, "task_succeeded_total", **labels) is None
+def test_buckets_add_up_to_prometheus_cumulative_ones(registry: CollectorRegistry) -> None:
+    for seconds in (0.004, 0.2, 0.2, 7.0, 400.0):
+        client().hincrby(task_counters.KEY, task_counters.field(f"le={task_counters.bucket(seconds)}", "t", "q"), 1)
+    buckets = {
+        le: value(registry, "task_runtime_seconds_bucket", task="t", queue="q", le=le)
+        for le in ("0.01", "0.1", "0.25", "10.0", "300.0", "+Inf")
+    }
+    assert buckets == {"0.01": 1, "0.1": 1, "0.25": 3, "10.0": 4, "300.0": 4, "+Inf": 5}
 
 
-def test_a_task_received_before_the_exporter_started_counts_as_unknown(exporter: metrics.Exporter) -> None:
-    exporter.on_event({"type": "task-succeeded", "uuid": "never-seen", "runtime": 1.0})
-    assert value(exporter, "task_succeeded_total", task="unknown", queue="unknown") == 1
+def test_final_failures_and_retries_are_counted_apart(registry: CollectorRegistry) -> None:
+    process_order.apply(args=[{"order_id": "o-u"}])  # invalid payload: fails for good
+    task_counters._count(task_id="r1", task=fetch_price, state="RETRY")  # what a run that retries ends with
+    assert value(registry, "task_failed_total", task=process_order.name, queue="eager") == 1
+    assert value(registry, "task_retried_total", task=FETCH, queue="eager") == 1
+    assert value(registry, "task_succeeded_total", task=process_order.name, queue="eager") is None
 
 
-def test_worker_heartbeats_count_as_events_only(exporter: metrics.Exporter) -> None:
-    exporter.on_event({"type": "worker-heartbeat", "hostname": "w@h"})
-    assert value(exporter, "exporter_events_received_total") == 1
-    assert "task_succeeded_total{" not in generate_latest(exporter.registry).decode()
+def test_redis_away_neither_fails_the_task_nor_the_scrape(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    monkeypatch.setattr(task_counters, "client", lambda: nowhere)
+    monkeypatch.setattr(task_counters, "_warned_at", -task_counters.WARN_EVERY)
+    with caplog.at_level(logging.WARNING):
+        assert fetch_price.apply(args=["EURUSD"]).successful()
+    assert "task counters not updated" in caplog.text
+    assert value(registry, "exporter_redis_up") == 0
+    assert value(registry, "task_succeeded_total", task=FETCH, queue="eager") is None
 
 
 def test_queue_depth_is_read_at_scrape_and_a_broker_error_is_a_sample(
-    exporter: metrics.Exporter, monkeypatch: pytest.MonkeyPatch
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert value(exporter, "queue_depth", queue="a") == 3
-    assert value(exporter, "exporter_broker_up") == 1
+    assert value(registry, "queue_depth", queue="a") == 3
+    assert value(registry, "exporter_broker_up") == 1
 
     def down(app: object) -> dict[str, int]:
         raise ConnectionRefusedError("broker down")
 
     monkeypatch.setattr(metrics, "queue_depths", down)
-    assert value(exporter, "queue_depth", queue="a") is None
-    assert value(exporter, "exporter_broker_up") == 0
+    assert value(registry, "queue_depth", queue="a") is None
+    assert value(registry, "exporter_broker_up") == 0
 
 
-def test_metric_names_follow_prometheus_conventions(exporter: metrics.Exporter) -> None:
-    exporter.on_event({"type": "task-succeeded", "uuid": "x", "runtime": 0.1})
-    names = {sample.name for family in exporter.registry.collect() for sample in family.samples}
+def test_metric_names_follow_prometheus_conventions(registry: CollectorRegistry) -> None:
+    fetch_price.apply(args=["EURUSD"])
+    names = {sample.name for family in registry.collect() for sample in family.samples}
     assert all(name.startswith(f"{P}_") for name in names), names
     assert f"{P}_task_runtime_seconds_bucket" in names and f"{P}_task_succeeded_total" in names
 
@@ -136,8 +151,7 @@ def test_exporter_counts_tasks_and_reports_the_depth_of_an_unconsumed_queue(work
     fetch = {"task": FETCH, "queue": FETCH_QUEUE}
     order = {"task": process_order.name, "queue": app.amqp.router.route({}, process_order.name)["queue"].name}
     try:
-        # An event arrived (workers send a heartbeat every 2 s): the exporter's event queue is bound, none is missed.
-        wait_for(lambda: sample(port, "exporter_events_received_total") > 0, what="first event")
+        wait_for(lambda: sample(port, "exporter_redis_up") == 1, what="exporter serving")
         runs = sample(port, "task_succeeded_total", **fetch)
         timed = sample(port, "task_runtime_seconds_count", **fetch)
         failed = sample(port, "task_failed_total", **order)

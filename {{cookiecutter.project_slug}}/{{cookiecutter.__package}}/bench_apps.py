@@ -125,21 +125,25 @@ class Setup:
 PLAIN = ("--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO")  # stock and cookiecutter-django
 
 
-def _off(**settings: object) -> str:
-    """BENCH_CONF: `settings` over the generated ones, child recycling off (it stalls a -c 1 worker, see bench.py)."""
-    return json.dumps({"worker_max_tasks_per_child": None, **settings})
+def _conf(**settings: object) -> str:
+    """BENCH_CONF: `settings` over the generated ones."""
+    return json.dumps(settings)
 
+
+RESULTS = {"task_ignore_result": False}  # what a task with `ignore_result=False` stores (STARTED, then its result)
+EVENTS = {"worker_send_task_events": True}  # what a worker sends once Flower has enabled events
 
 # --settings: one setting changed from the generated configuration, through BENCH_CONF, the environment or a flag.
 VARIANTS = {
-    "task_ignore_result (results off)": {"conf": _off(task_ignore_result=True)},
-    "result_extended on": {"conf": _off(result_extended=True)},
-    "task_track_started off": {"conf": _off(task_track_started=False)},
-    "task_compression gzip": {"conf": _off(task_compression="gzip")},
-    "task_acks_late off": {"conf": _off(task_acks_late=False)},
-    "worker_send_task_events off": {"conf": _off(worker_send_task_events=False)},
-    "prefetch 1 instead of 4": {"conf": _off(), "env": (("CELERY_WORKER_PREFETCH_MULTIPLIER", "1"),)},
-    "--loglevel WARNING": {"conf": _off(), "flags": (*WORKER_FLAGS[:5], "WARNING", *WORKER_FLAGS[6:])},
+    "results stored (ignore_result=False)": {"conf": _conf(**RESULTS)},
+    "results stored, result_extended on": {"conf": _conf(**RESULTS, result_extended=True)},
+    "results stored, task_track_started off": {"conf": _conf(**RESULTS, task_track_started=False)},
+    "task events on": {"conf": _conf(**EVENTS)},
+    "task_compression gzip": {"conf": _conf(task_compression="gzip")},
+    "task_acks_late off": {"conf": _conf(task_acks_late=False)},
+    "worker_max_tasks_per_child 1000": {"conf": _conf(worker_max_tasks_per_child=1000)},
+    "prefetch 1 instead of 4": {"env": (("CELERY_WORKER_PREFETCH_MULTIPLIER", "1"),)},
+    "--loglevel WARNING": {"flags": (*WORKER_FLAGS[:5], "WARNING", *WORKER_FLAGS[6:])},
 }
 
 
@@ -155,7 +159,7 @@ def plan(with_settings: bool) -> dict[str, list[Setup]]:
             Setup(f"generated (bin/worker flags, queue `{q}`, prefetch {PROFILES[q].prefetch_multiplier})", queue=q),
             Setup("stock Celery (only broker_url)", "stock", flags=PLAIN),
             Setup("cookiecutter-django settings", "django", flags=PLAIN),
-            Setup("generated, worker_max_tasks_per_child off", queue=q, conf=_off()),
+            Setup("generated, task events on (while Flower runs)", queue=q, conf=_conf(**EVENTS)),
         ],
         "settings": [Setup(f"generated, {name}", queue=q, **v) for name, v in VARIANTS.items() if with_settings],
         "io": [
@@ -163,10 +167,9 @@ def plan(with_settings: bool) -> dict[str, list[Setup]]:
             Setup(f"generated: queue `{io}`, WORKER_POOL=threads -c 8", queue=io, flags=(*threads, *WORKER_FLAGS[4:])),
             Setup(f"stock Celery: prefork -c {os.cpu_count()} (cores), prefetch 4", "stock", flags=PLAIN[4:]),
         ],
-        # Child recycling off in both: a recycle stalls a -c 1 worker (see above) and would decide the comparison.
         "layout": [
-            Setup("one worker, prefork -c 2", queue=q, flags=c2, conf=_off()),
-            Setup("two workers, prefork -c 1 each (generated layout)", queue=q, workers=2, conf=_off()),
+            Setup("one worker, prefork -c 2", queue=q, flags=c2),
+            Setup("two workers, prefork -c 1 each (generated layout)", queue=q, workers=2),
         ],
         "startup": [
             Setup("bin/worker: --without-mingle --without-gossip", queue=q),

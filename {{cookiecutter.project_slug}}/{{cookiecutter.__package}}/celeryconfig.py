@@ -54,7 +54,11 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_soft_time_limit = settings.task_soft_time_limit
 task_time_limit = settings.task_time_limit
-# Report STARTED so callers and Flower can tell "queued" from "running".
+# Results are opt-in per task: storing STARTED and the result costs two Redis writes and publishes per task in the
+# pool process (a worker drained 0.57x as many no-op tasks; `make bench ARGS=--settings`). A task whose caller reads
+# its result, or that is part of a chord, says `ignore_result=False` (tasks/*.py); the rest store nothing.
+task_ignore_result = True
+# For the tasks that do store results: report STARTED so callers and Flower can tell "queued" from "running".
 task_track_started = True
 # An errback linked to a chord also runs for a failing header task, at once, instead of only after the chord gives up.
 # Celery's future default; set now so behaviour does not change under you on upgrade.
@@ -72,8 +76,10 @@ worker_prefetch_multiplier = settings.worker_prefetch_multiplier or 1
 worker_max_tasks_per_child = settings.worker_max_tasks_per_child
 worker_max_memory_per_child = settings.worker_max_memory_per_child
 worker_soft_shutdown_timeout = settings.worker_soft_shutdown_timeout
-# Task events feed Flower and monitoring; off by default in Celery.
-worker_send_task_events = True
+# Task events (three messages per task, from the worker's main process) stay off: with them a worker drained 0.55x
+# as many no-op tasks (`make bench`). bin/metrics reads counters the workers keep in Redis instead (task_counters.py);
+# Flower broadcasts `enable_events` while it runs, and workers send events from then until they restart.
+worker_send_task_events = settings.worker_send_task_events
 
 timezone = settings.timezone
 # Store and compare times in UTC; `timezone` only decides how crontab entries are read.

@@ -16,12 +16,13 @@ HEARTBEAT_STALE_AFTER = 30.0
 
 
 def heartbeat_path() -> Path:
-    """One file per worker process group: several workers on a host (one per queue) must not share it."""
+    """One file per worker process group: several workers on a host must not share it, so it is named after the
+    worker's node name (WORKER_NAME, as bin/worker uses it), or its queues."""
     explicit = os.environ.get("WORKER_HEARTBEAT_FILE")
     if explicit:
         return Path(explicit)
-    queues = os.environ.get("WORKER_QUEUES", "all").replace(",", "+")
-    return Path(tempfile.gettempdir()) / f"{{ cookiecutter.__package }}-worker-{queues}.heartbeat"
+    name = os.environ.get("WORKER_NAME") or os.environ.get("WORKER_QUEUES", "all").replace(",", "+")
+    return Path(tempfile.gettempdir()) / f"{{ cookiecutter.__package }}-worker-{name}.heartbeat"
 
 
 def heartbeat_age(path: Path | None = None) -> float | None:

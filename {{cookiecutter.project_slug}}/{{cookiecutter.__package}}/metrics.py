@@ -1,24 +1,21 @@
-"""Prometheus exporter: task outcomes and runtimes from Celery's event stream, queue depths from the broker.
+"""Prometheus exporter: task outcomes and runtimes from the workers' counters in Redis, queue depths from the broker.
 
     bin/metrics    # GET http://$METRICS_ADDRESS:$METRICS_PORT/metrics (default 127.0.0.1:9808)
 
-Run ONE exporter per cluster, not one per worker. Workers publish their task events (worker_send_task_events in
-celeryconfig.py) to one cluster-wide exchange, so a single consumer sees every task of every worker; an exporter next
-to each worker would count every task once per exporter. Counting inside the workers instead would need
-prometheus_client's multiprocess mode: tasks run in prefork children, each with its own counters, merged through
-files on disk, and a per-worker endpoint to scrape.
+Everything is read when Prometheus scrapes, nothing is kept here: the task counters are the cluster-wide hash every
+worker's pool processes add to after each task (task_counters.py), the depths come from the broker. So one exporter
+per cluster is enough, a second one serves the same numbers, and a restart loses nothing. Workers send no task events
+for it (they cost throughput: celeryconfig.py); Flower turns them on for itself while it runs.
 
 Metrics (the prefix is the package name):
-  <prefix>_task_runtime_seconds{task,queue}      histogram of successful runs (task-succeeded carries the runtime)
+  <prefix>_task_runtime_seconds{task,queue}      histogram of successful runs
   <prefix>_task_succeeded_total{task,queue}      and _task_failed_total (final failures), _task_retried_total
-  <prefix>_queue_depth{queue}                    messages ready in each declared queue, read at scrape time
+  <prefix>_queue_depth{queue}                    messages ready in each declared queue
   <prefix>_exporter_broker_up                    1 if the broker answered this scrape's depth read, else 0
-  <prefix>_exporter_events_connected             1 while the event stream is consumed, 0 while reconnecting
-  <prefix>_exporter_events_received_total        every event consumed (workers send a heartbeat event every 2 s)
+  <prefix>_exporter_redis_up                     1 if Redis answered this scrape's counter read, else 0
 
-Events carry no queue: the queue label is the one the project's router gives the task name (queues.py), so a task sent
-with an explicit `queue=` is counted under its routed queue. Counters start at 0 with the exporter and miss what happens
-while it is disconnected; query them with rate()/increase(), which handle restarts.
+The queue label is the queue each run's message came from. Counters grow from the first task the workers ran against
+this Redis; query them with rate()/increase(), which handle a reset.
 """
 
 import argparse
@@ -27,36 +24,22 @@ import os
 import signal
 import sys
 import threading
+from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
+from typing import ClassVar
 
 from celery import Celery
-from celery.utils.functional import LRUCache
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    start_http_server,
-)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import logs
+from . import logs, task_counters
 from .broker_stats import queue_depths
 from .celery_app import app as celery_app
 from .settings import settings
 
 PREFIX = __package__  # the package name: metric names stay unique when several projects share a Prometheus
 logger = logging.getLogger(f"{PREFIX}.metrics")  # not __name__, which is "__main__" under `python -m`
-# Seconds, up to the default hard time limit (300 s): the top buckets show tasks creeping towards it.
-BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-# task-received carries the name, the later events only the id: remember names of tasks in flight, oldest dropped.
-NAMES_KEPT = 10_000
-UNKNOWN = "unknown"  # a task received before the exporter started: its outcome is counted, its name is not known
-RECONNECT_MAX = 30.0  # seconds between reconnect attempts at most; the first retry comes after 1 s
 
 
 class QueueDepthCollector(Collector):
@@ -91,84 +74,64 @@ class QueueDepthCollector(Collector):
         yield up
 
 
-class Exporter:
-    """Turns task events into counters and a runtime histogram; registers the queue depth collector."""
+class TaskCountersCollector(Collector):
+    """Reads the task counters from Redis when Prometheus scrapes."""
 
-    def __init__(self, app: Celery, registry: CollectorRegistry = REGISTRY, prefix: str = PREFIX) -> None:
-        self.app = app
-        self.registry = registry
-        labels = ("task", "queue")
-        self.runtime = Histogram(
-            f"{prefix}_task_runtime_seconds", "Runtime of successful runs", labels, buckets=BUCKETS, registry=registry
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "succeeded": "Task runs that succeeded",
+        "failed": "Task runs that failed for good",
+        "retried": "Task runs that asked for a retry",
+    }
+
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
+
+    def _families(self) -> dict[str, Metric]:
+        labels = ["task", "queue"]
+        families: dict[str, Metric] = {
+            kind: CounterMetricFamily(f"{self.prefix}_task_{kind}", text, labels=labels)
+            for kind, text in self.COUNTERS.items()
+        }
+        runtime = HistogramMetricFamily(
+            f"{self.prefix}_task_runtime_seconds", "Runtime of successful runs", labels=labels
         )
-        self.succeeded = Counter(f"{prefix}_task_succeeded", "Task runs that succeeded", labels, registry=registry)
-        self.failed = Counter(f"{prefix}_task_failed", "Task runs that failed for good", labels, registry=registry)
-        self.retried = Counter(f"{prefix}_task_retried", "Task runs that asked for a retry", labels, registry=registry)
-        self.events = Counter(f"{prefix}_exporter_events_received", "Celery events consumed", registry=registry)
-        self.connected = Gauge(
-            f"{prefix}_exporter_events_connected", "1 while the event stream is consumed", registry=registry
-        )
-        registry.register(QueueDepthCollector(app, prefix))
-        self._names = LRUCache(limit=NAMES_KEPT)
-        self._queues: dict[str, str] = {}
-        self._stopping = threading.Event()
-        self._receiver: Any = None
-        self._delay = 1.0
+        up = GaugeMetricFamily(f"{self.prefix}_exporter_redis_up", "1 if Redis answered the task counter read")
+        return {**families, "runtime": runtime, "up": up}
 
-    def queue_of(self, task_name: str) -> str:
-        if task_name not in self._queues:
-            route = self.app.amqp.router.route({}, task_name) if task_name != UNKNOWN else None
-            self._queues[task_name] = route["queue"].name if route else UNKNOWN
-        return self._queues[task_name]
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families().values()  # names only: registration must not reach Redis
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        self.events.inc()
-        kind, task_id = event.get("type", ""), event.get("uuid")
-        if kind == "task-received":
-            self._names[task_id] = event.get("name") or UNKNOWN
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        try:
+            counters = task_counters.read()
+        except Exception as exc:  # the scrape must still answer, with redis_up 0
+            logger.warning("task counter read failed: %s: %s", type(exc).__name__, exc)
+            families["up"].add_metric([], 0)
+            yield families["up"]
             return
-        if kind not in ("task-succeeded", "task-failed", "task-retried"):
-            return  # worker heartbeats, task-started, ...: counted above only
-        # A retry comes back as a new task-received with the same id; a final outcome frees the slot.
-        name = self._names.get(task_id, UNKNOWN) if kind == "task-retried" else self._names.pop(task_id, UNKNOWN)
-        labels = (name, self.queue_of(name))
-        if kind == "task-succeeded":
-            self.succeeded.labels(*labels).inc()
-            if event.get("runtime") is not None:
-                self.runtime.labels(*labels).observe(float(event["runtime"]))
-        elif kind == "task-failed":
-            self.failed.labels(*labels).inc()
-        else:
-            self.retried.labels(*labels).inc()
+        families["up"].add_metric([], 1)
+        runs: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        for (kind, task, queue), count in sorted(counters.items()):
+            if kind in self.COUNTERS:
+                families[kind].add_metric([task, queue], count)
+            else:  # runtime_sum, le=<bucket>
+                runs[(task, queue)][kind] = count
+        for labels, parts in runs.items():
+            # Prometheus buckets are cumulative: each counts the runs at or under its bound.
+            total, buckets = 0.0, []
+            for bound in [*map(str, task_counters.BUCKETS), "+Inf"]:
+                total += parts.get(f"le={bound}", 0.0)
+                buckets.append((bound, total))
+            families["runtime"].add_metric(list(labels), buckets, parts.get("runtime_sum", 0.0))
+        yield from families.values()
 
-    def consume_events(self) -> None:
-        """The event thread: capture events until stopped, reconnecting with backoff whenever the broker goes away."""
-        while not self._stopping.is_set():
-            try:
-                with self.app.connection_for_read() as connection:
-                    self._receiver = self.app.events.Receiver(connection, handlers={"*": self.on_event})
-                    # Set once the event queue is bound and consumed: from then on no event is missed.
-                    self._receiver.on_consume_ready = self._ready(self._receiver.on_consume_ready)
-                    self._receiver.capture(limit=None, timeout=None, wakeup=False)
-            except Exception as exc:  # any transport error: an exporter that exits leaves gaps in every graph
-                self.connected.set(0)
-                logger.warning("event stream lost (%s: %s); retrying in %.0fs", type(exc).__name__, exc, self._delay)
-                self._stopping.wait(self._delay)
-                self._delay = min(self._delay * 2, RECONNECT_MAX)
 
-    def _ready(self, on_consume_ready: Any) -> Any:
-        def ready(*args: Any, **kwargs: Any) -> None:
-            on_consume_ready(*args, **kwargs)
-            self.connected.set(1)
-            self._delay = 1.0
-            logger.info("consuming task events")
-
-        return ready
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._receiver is not None:
-            self._receiver.should_stop = True  # capture() checks it at least once a second
+def register(app: Celery, registry: CollectorRegistry = REGISTRY, prefix: str = PREFIX) -> CollectorRegistry:
+    """The exporter's two collectors, on `registry`."""
+    registry.register(QueueDepthCollector(app, prefix))
+    registry.register(TaskCountersCollector(prefix))
+    return registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,22 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.configure(settings.log_format)
     disable_created_metrics()  # no `_created` series next to every counter: Prometheus does not need them
-    exporter = Exporter(celery_app)
+    register(celery_app)
     try:
         server, _ = start_http_server(args.port, args.address)
     except OSError as exc:
         print(f"error: cannot listen on {args.address}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    events = threading.Thread(target=exporter.consume_events, name="events", daemon=True)
-    events.start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     logger.info("serving metrics on http://%s:%d/metrics", args.address, args.port)
     stop.wait()
-    exporter.stop()
     server.shutdown()
-    events.join(timeout=5)
     return 0
 
 

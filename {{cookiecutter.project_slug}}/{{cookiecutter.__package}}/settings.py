@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     worker_soft_shutdown_timeout: float = 30.0
     # None: each worker uses the value its queue's profile sets in queues.py.
     worker_prefetch_multiplier: int | None = None
+    # False: no task events until Flower asks for them (celeryconfig.py says what they cost).
+    worker_send_task_events: bool = False
     # How long a finished idempotency key is kept: a redelivery or retry of the same key inside this window is skipped.
     idempotency_ttl: int = 7 * 86_400
     # json: one JSON object per line, for log pipelines; text: readable in a terminal (logs.py).

@@ -17,7 +17,8 @@ def runs_key() -> str:
     return redis_store.key("diagnostics", "runs")
 
 
-@app.task
+# Stores its result (results are opt-in, celeryconfig.py): smoke checks wait for it with .get().
+@app.task(ignore_result=False)
 def record_run(key: str, seconds: float = 0.0) -> str:
     """Sleep `seconds`, then append {"key", "pid", "at"} to runs_key(): one entry per execution.
 

@@ -13,7 +13,8 @@ def deliver_receipt(order_id: str) -> None:
     client().rpush(key("outbox", "receipts"), order_id)
 
 
-@app.task(bind=True, max_retries=10)
+# ignore_result=False: the caller learns whether this delivery sent the receipt or skipped a repeat.
+@app.task(bind=True, max_retries=10, ignore_result=False)
 def send_receipt(self: Task, order_id: str) -> str:
     name = f"send_receipt:{order_id}"
     # The claim outlives the hard time limit, so it cannot expire while this delivery is still running.

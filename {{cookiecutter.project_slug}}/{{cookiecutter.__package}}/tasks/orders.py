@@ -6,7 +6,8 @@ from ..celery_app import app
 from ..payloads import Order, parse
 
 
-@app.task
+# Stores its result (results are opt-in, celeryconfig.py): the web app's status endpoint returns it.
+@app.task(ignore_result=False)
 def process_order(payload: dict[str, Any]) -> dict[str, str]:
     order = parse(Order, payload)  # bad input -> InvalidPayload -> dead letter, no retry
     # TODO: persist the order. Return JSON-friendly values: the Decimal goes out as a string.

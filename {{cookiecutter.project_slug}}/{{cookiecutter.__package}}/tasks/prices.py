@@ -17,6 +17,8 @@ def quote(pair: str) -> Decimal:
 
 
 @app.task(
+    # Stores its result (results are opt-in, celeryconfig.py): callers wait for the rate with .get().
+    ignore_result=False,
     # Retry only what can succeed later; a bug (TypeError) or bad input must fail at once and be dead-lettered.
     autoretry_for=(PriceFeedUnavailable, ConnectionError, TimeoutError),
     # Exponential backoff 1, 2, 4, 8 ... s, capped at 10 minutes; jitter spreads retries of many tasks apart.

@@ -19,7 +19,8 @@ from .notifications import send_receipt
 from .prices import fetch_price
 
 
-@app.task
+# A chord's header tasks must store results: the chord counts them and hands them to the callback.
+@app.task(ignore_result=False)
 def convert_order(rate: str, payload: dict[str, Any]) -> dict[str, str]:
     """Header task: gets the rate from fetch_price (the chain passes it first), and one order."""
     try:
@@ -30,7 +31,8 @@ def convert_order(rate: str, payload: dict[str, Any]) -> dict[str, str]:
     return {"order_id": order.order_id, "status": "ok", "amount": str(converted)}
 
 
-@app.task
+# The workflow's outcome: settle()'s caller reads it.
+@app.task(ignore_result=False)
 def summarize(outcomes: list[dict[str, str]]) -> dict[str, Any]:
     accepted = [o for o in outcomes if o["status"] == "ok"]
     return {

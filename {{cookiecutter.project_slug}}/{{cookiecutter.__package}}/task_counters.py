@@ -1,0 +1,79 @@
+"""Task outcome counters and runtimes, kept in Redis by the process that ran the task; bin/metrics serves them.
+
+Why not Celery's task events: a worker sends three event messages per task from its main process, the one that also
+takes every message off the broker, and `make bench` drains no-op tasks about 1.4x as fast without them. Here the pool
+process adds one pipelined round trip to Redis after each task, and the counters are cluster-wide: every worker adds
+to the same hash, any number of exporters read it, and nothing is missed while an exporter restarts.
+
+One hash, key("metrics", "tasks"); each field is "<kind>\\t<task>\\t<queue>" with kind `succeeded`, `failed` (for good),
+`retried`, `runtime_sum` (seconds, successful runs) or `le=<bucket>` (successful runs whose runtime fell in that
+bucket and no lower one; the exporter adds them up into Prometheus' cumulative buckets). Counters only grow; Redis
+losing them reads as a counter reset, which rate() and increase() handle.
+"""
+
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import signals
+
+from .redis_store import client, key
+
+logger = logging.getLogger(__name__)
+KEY = key("metrics", "tasks")
+# Seconds, up to the default hard time limit (300 s): the top buckets show tasks creeping towards it.
+BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Celery's final state of a run -> the counter it adds to. REJECTED and IGNORED runs are in the task log, not here.
+KINDS = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
+WARN_EVERY = 60.0  # seconds: while Redis is away, say so once a minute, not after every task
+_started: dict[str, float] = {}  # task id -> monotonic start, per pool process
+_warned_at = -WARN_EVERY
+
+
+def bucket(seconds: float) -> str:
+    """The label of the lowest bucket that holds `seconds` ("+Inf" above the last one)."""
+    return next((str(bound) for bound in BUCKETS if seconds <= bound), "+Inf")
+
+
+def field(kind: str, task: str, queue: str) -> str:
+    return f"{kind}\t{task}\t{queue}"
+
+
+@signals.task_prerun.connect
+def _start(task_id: str, **_: Any) -> None:
+    _started[task_id] = time.monotonic()
+
+
+@signals.task_postrun.connect
+def _count(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    started = _started.pop(task_id, None)
+    kind = KINDS.get(state or "")
+    if kind is None:
+        return
+    # The queue the message came from (a task sent with an explicit queue= counts there); "eager" for apply().
+    queue = (task.request.delivery_info or {}).get("routing_key") or "eager"
+    try:
+        pipe = client().pipeline(transaction=False)  # one round trip; the increments need no transaction
+        pipe.hincrby(KEY, field(kind, task.name, queue), 1)
+        if kind == "succeeded" and started is not None:
+            runtime = time.monotonic() - started
+            pipe.hincrbyfloat(KEY, field("runtime_sum", task.name, queue), runtime)
+            pipe.hincrby(KEY, field(f"le={bucket(runtime)}", task.name, queue), 1)
+        pipe.execute()
+    except redis.RedisError as exc:  # never fail or slow down the task for a metric: the task's own result stands
+        global _warned_at
+        if time.monotonic() - _warned_at >= WARN_EVERY:
+            _warned_at = time.monotonic()
+            reason = f"{type(exc).__name__}: {exc}"
+            logger.warning("task counters not updated (%s); metrics undercount until Redis is back", reason)
+
+
+def read() -> dict[tuple[str, str, str], float]:
+    """Every counter: (kind, task, queue) -> value. Raises redis.RedisError when Redis is away."""
+    counters = {}
+    for name, raw in client().hgetall(KEY).items():
+        parts = name.split("\t")
+        if len(parts) == 3:
+            counters[(parts[0], parts[1], parts[2])] = float(raw)
+    return counters
