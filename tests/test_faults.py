@@ -384,7 +384,7 @@ def test_busy_worker_reconnects_to_a_restarted_redis_and_finishes_its_task(stack
 # module, its setting and this test should go. raises=AssertionError: only the survival check may fail "as expected".
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=KOMBU_CLOSE_BUG)
 def test_kombu_own_redis_transport_still_crashes_on_that_restart(stack: Stack) -> None:
-    worker = stack.worker("busy-kombu", CELERY_BROKER_TRANSPORT="redis")
+    worker = stack.worker("busy-kombu", CELERY_BROKER_TRANSPORT="kombu.transport.redis:Transport")
     restart_redis_under_a_running_task(stack, worker)
     crash = crash_line(worker)
     print(f"Redis restart, task in flight, kombu's own transport: worker exit code {worker.popen.poll()} {crash}")

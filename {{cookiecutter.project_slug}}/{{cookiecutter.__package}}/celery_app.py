@@ -6,10 +6,17 @@ from . import guards as _guards  # noqa: F401  (connects the handlers that dead-
 from . import logs, task_counters, task_log  # noqa: F401  (task_counters and task_log connect signal handlers)
 {% if cookiecutter.broker == "rabbitmq" -%}
 from .queues import dead_letter_queues
+{% else -%}
+from .redis_transport import register as register_redis_transport
 {% endif -%}
 from .settings import settings
 from .worker_steps import HeartbeatStep, QueuePrefetchStep
 
+{% if cookiecutter.broker == "redis" -%}
+# Before any connection: redis:// URLs get kombu's transport plus the fix in redis_transport.py.
+register_redis_transport()
+
+{% endif -%}
 # Every task records its final failure as a dead letter (deadletters.py).
 app = Celery(__package__, task_cls=f"{__package__}.deadletters:DeadLetterTask")
 app.config_from_object(f"{__package__}.celeryconfig")

@@ -25,7 +25,8 @@ task_default_queue_type = "quorum"
 # Quorum queues do not support global QoS; Celery detects them and uses per-consumer prefetch instead.
 worker_detect_quorum_queues = True
 {%- else %}
-# kombu's Redis transport plus one fix, so a worker survives a Redis restart mid-task (see redis_transport.py).
+# None: redis:// URLs use kombu's Redis transport plus one fix, so a worker survives a Redis restart mid-task
+# (redis_transport.py, registered in celery_app.py).
 broker_transport = settings.broker_transport
 # A task running when the Redis connection drops finishes instead of being killed: its ack is lost with the
 # connection, so the message comes back after visibility_timeout and the idempotent tasks skip it. Celery 6 flips the

@@ -43,8 +43,8 @@ class Settings(BaseSettings):
 {%- else %}
     # Defaults to REDIS_URL; set it to put the broker on a separate Redis from results.
     broker_url: str | None = None
-    # kombu's Redis transport with the fix in redis_transport.py; "redis" selects kombu's own.
-    broker_transport: str = "{{ cookiecutter.__package }}.redis_transport:Transport"
+    # None: the URL's scheme decides; redis:// gets redis_transport.py's fix. A class path selects another transport.
+    broker_transport: str | None = None
 {%- endif %}
     # Defaults to REDIS_URL.
     result_backend: str | None = None
