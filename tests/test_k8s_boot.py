@@ -86,6 +86,13 @@ class Pod:
             assert time.monotonic() < deadline, f"{self.name} {kind} not passing within {budget}s: {seen}"
             time.sleep(1)
 
+    def wait_started(self, project: BootedProject) -> None:
+        """The startupProbe passes within its budget; then readiness and liveness pass at once."""
+        self.wait_probe(project, "startupProbe")
+        for kind in ("readinessProbe", "livenessProbe"):
+            passed, seen = self.probe(project, kind)
+            assert passed, seen
+
     def probes(self) -> list[str]:
         return [kind for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in self.container]
 
@@ -307,10 +314,7 @@ def test_flower_refuses_anonymous_and_probes_follow_it(cluster: Cluster) -> None
         pytest.skip("use_flower=n: no Flower Deployment")
     pod = cluster.start(cluster.pod(deployments[0]))
     try:
-        pod.wait_probe(cluster.project, "startupProbe")
-        for kind in ("readinessProbe", "livenessProbe"):
-            passed, seen = pod.probe(cluster.project, kind)
-            assert passed, seen
+        pod.wait_started(cluster.project)
         root = f"http://127.0.0.1:{pod.local_port('http')}/{pod.env['FLOWER_URL_PREFIX']}/"
         assert http_status(root) == 401, "Flower must refuse a request without credentials"
         assert http_status(root, auth="admin:wrong-password") == 401
@@ -327,10 +331,7 @@ def test_web_probes_follow_it(cluster: Cluster) -> None:
         pytest.skip("use_web=n: no web Deployment")
     pod = cluster.start(cluster.pod(deployments[0]))
     try:
-        pod.wait_probe(cluster.project, "startupProbe")
-        for kind in ("readinessProbe", "livenessProbe"):
-            passed, seen = pod.probe(cluster.project, kind)
-            assert passed, seen
+        pod.wait_started(cluster.project)
         tasks = f"http://127.0.0.1:{pod.local_port('http')}/tasks"
         assert http_status(tasks) == 401, "the API needs the Secret's WEB_API_TOKEN"
     finally:

@@ -61,7 +61,7 @@ def test_buckets_add_up_to_prometheus_cumulative_ones(registry: CollectorRegistr
 
 def test_final_failures_and_retries_are_counted_apart(registry: CollectorRegistry) -> None:
     process_order.apply(args=[{"order_id": "o-u"}])  # invalid payload: fails for good
-    task_counters._count(task_id="r1", task=fetch_price, state="RETRY")  # what a run that retries ends with
+    task_counters.record(FETCH, None, "RETRY", 0.1)  # what a run that retries ends with
     assert value(registry, "task_failed_total", task=process_order.name, queue="eager") == 1
     assert value(registry, "task_retried_total", task=FETCH, queue="eager") == 1
     assert value(registry, "task_succeeded_total", task=process_order.name, queue="eager") is None

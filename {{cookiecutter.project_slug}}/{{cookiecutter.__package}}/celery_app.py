@@ -3,7 +3,7 @@
 from celery import Celery, signals
 
 from . import guards as _guards  # noqa: F401  (connects the handlers that dead-letter refused messages)
-from . import logs, task_counters, task_log  # noqa: F401  (task_counters and task_log connect signal handlers)
+from . import logs, task_log  # noqa: F401  (task_log connects its signal handlers)
 {% if cookiecutter.broker == "rabbitmq" -%}
 from .queues import dead_letter_queues
 {% else -%}

@@ -13,10 +13,8 @@ losing them reads as a counter reset, which rate() and increase() handle.
 
 import logging
 import time
-from typing import Any
 
 import redis
-from celery import signals
 
 from .redis_store import client, key
 
@@ -27,7 +25,6 @@ BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 # Celery's final state of a run -> the counter it adds to. REJECTED and IGNORED runs are in the task log, not here.
 KINDS = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 WARN_EVERY = 60.0  # seconds: while Redis is away, say so once a minute, not after every task
-_started: dict[str, float] = {}  # task id -> monotonic start, per pool process
 _warned_at = -WARN_EVERY
 
 
@@ -40,26 +37,20 @@ def field(kind: str, task: str, queue: str) -> str:
     return f"{kind}\t{task}\t{queue}"
 
 
-@signals.task_prerun.connect
-def _start(task_id: str, **_: Any) -> None:
-    _started[task_id] = time.monotonic()
+def record(task: str, queue: str | None, state: str | None, runtime: float | None) -> None:
+    """Count one finished run; task_log.py calls it from the task_postrun signal, which times every run already.
 
-
-@signals.task_postrun.connect
-def _count(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
-    started = _started.pop(task_id, None)
+    `queue` is the one the message came from (None for apply(): counted as "eager"); `runtime` in seconds."""
     kind = KINDS.get(state or "")
     if kind is None:
         return
-    # The queue the message came from (a task sent with an explicit queue= counts there); "eager" for apply().
-    queue = (task.request.delivery_info or {}).get("routing_key") or "eager"
+    queue = queue or "eager"
     try:
         pipe = client().pipeline(transaction=False)  # one round trip; the increments need no transaction
-        pipe.hincrby(KEY, field(kind, task.name, queue), 1)
-        if kind == "succeeded" and started is not None:
-            runtime = time.monotonic() - started
-            pipe.hincrbyfloat(KEY, field("runtime_sum", task.name, queue), runtime)
-            pipe.hincrby(KEY, field(f"le={bucket(runtime)}", task.name, queue), 1)
+        pipe.hincrby(KEY, field(kind, task, queue), 1)
+        if kind == "succeeded" and runtime is not None:
+            pipe.hincrbyfloat(KEY, field("runtime_sum", task, queue), runtime)
+            pipe.hincrby(KEY, field(f"le={bucket(runtime)}", task, queue), 1)
         pipe.execute()
     except redis.RedisError as exc:  # never fail or slow down the task for a metric: the task's own result stands
         global _warned_at

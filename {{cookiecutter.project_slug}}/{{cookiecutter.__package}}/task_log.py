@@ -1,4 +1,5 @@
-"""One structured log line per task outcome: task id, name, queue, duration and outcome as fields.
+"""One structured log line per task outcome: task id, name, queue, duration and outcome as fields; the same outcome
+is added to the Redis counters bin/metrics serves (task_counters.py).
 
 Connected through Celery signals, which run in the process that executes the task (the pool child).
 """
@@ -8,6 +9,8 @@ import time
 from typing import Any
 
 from celery import signals
+
+from . import task_counters
 
 logger = logging.getLogger(__name__)
 _started: dict[str, float] = {}  # task id -> monotonic start, per pool process
@@ -21,7 +24,8 @@ def _start(task_id: str, **_: Any) -> None:
 @signals.task_postrun.connect
 def _finish(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
     started = _started.pop(task_id, None)
-    duration_ms = round((time.monotonic() - started) * 1000, 1) if started is not None else None
+    seconds = time.monotonic() - started if started is not None else None
+    duration_ms = round(seconds * 1000, 1) if seconds is not None else None
     fields = {
         "task_id": task_id,
         "task_name": task.name,
@@ -33,3 +37,4 @@ def _finish(task_id: str, task: Any, state: str | None = None, **_: Any) -> None
     log = logger.warning if state in ("FAILURE", "REJECTED") else logger.info
     outcome = (state or "done").lower()
     log("task %s[%s] %s in %s ms (queue %s)", task.name, task_id, outcome, duration_ms, fields["queue"], extra=fields)
+    task_counters.record(task.name, fields["queue"], state, seconds)
