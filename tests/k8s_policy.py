@@ -30,6 +30,8 @@ CREDENTIAL_WORDS = ("PASSWORD", "PASS", "SECRET", "TOKEN", "AUTH", "KEY", "COOKI
 RESTRICTED_VOLUMES = {
     *("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"),
 }
+# ingress-nginx's per-Ingress request body limit (its default is 1m).
+BODY_SIZE_ANNOTATION = "nginx.ingress.kubernetes.io/proxy-body-size"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass", "IngressClass"}
 WORKLOADS = ("Deployment", "StatefulSet")
 
@@ -446,12 +448,23 @@ def _check_network(m: Manifests, check: Checks) -> None:
 
 
 def _check_ingresses(m: Manifests, check: Checks) -> None:
-    """TLS for every host, backends that exist; Flower's path is its URL prefix."""
+    """TLS for every host, backends that exist; Flower's path is its URL prefix; the web's body limit is stated."""
     flower = m.get("Deployment", "flower")
     prefix = None
     if flower:
         prefix = "/" + m.env(flower["spec"]["template"]["spec"]["containers"][0]).get("FLOWER_URL_PREFIX", "")
+    web = m.get("Deployment", "web")
     for ingress in m.of("Ingress"):
+        backends = {p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+        if web and "web" in backends:
+            # Explicit, not the controller's default, and the same limit bin/web enforces (web.py).
+            limit = ingress["metadata"].get("annotations", {}).get(BODY_SIZE_ANNOTATION)
+            served = m.env(web["spec"]["template"]["spec"]["containers"][0]).get("CELERY_MAX_PAYLOAD_BYTES")
+            check(
+                served is not None and limit == served,
+                f"{ref(ingress)}: {BODY_SIZE_ANNOTATION} is {limit!r}, not the web pods' CELERY_MAX_PAYLOAD_BYTES "
+                f"({served!r})",
+            )
         tls_hosts = {host for entry in ingress["spec"].get("tls", []) for host in entry.get("hosts", [])}
         for rule in ingress["spec"]["rules"]:
             check(rule["host"] in tls_hosts, f"{ref(ingress)}: host {rule['host']} has no TLS")
