@@ -1,11 +1,13 @@
-"""Boot tier for the web entry point's limits: what anyone who can reach bin/web can make it read, hold and send back.
+"""Boot tier for request body limits: what anyone who can reach bin/web, Flower or the exporter can make them hold.
 
-Runs bin/web (gunicorn, native ASGI worker, two workers) against the session's booted Redis project. Oversized
+Runs bin/web (gunicorn, native ASGI worker, two workers), bin/flower and bin/metrics against the session's booted
+Redis project. Oversized
 bodies (200 MB, with a declared Content-Length and chunked, anonymous and with the token) are produced from a
 generator over raw sockets: the client never holds more than one 64 KiB block, and it stops sending as soon as the
-server answers or closes. The web processes' resident memory is read from /proc (gunicorn master plus workers).
+server answers or closes. Resident memory is read from /proc (for bin/web: the gunicorn master plus its workers).
 """
 
+import functools
 import json
 import re
 import secrets
@@ -36,6 +38,19 @@ MAX_GROWTH = 20 * MB
 MAX_ERROR_RESPONSE = 4096
 
 
+def family_rss(leader: int) -> int:
+    """Resident bytes of a process and its children (gunicorn's master and workers), from /proc/<pid>/status."""
+    total = 0
+    for pid in process_family(leader):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        total += int(found.group(1)) * 1024 if found else 0
+    return total
+
+
 @dataclass
 class Web:
     proc: Proc
@@ -46,16 +61,7 @@ class Web:
         return f"http://127.0.0.1:{self.port}"
 
     def rss(self) -> int:
-        """Resident bytes of the gunicorn master and its workers, from /proc/<pid>/status."""
-        total = 0
-        for pid in process_family(self.proc.popen.pid):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except FileNotFoundError:
-                continue
-            found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-            total += int(found.group(1)) * 1024 if found else 0
-        return total
+        return family_rss(self.proc.popen.pid)
 
 
 @dataclass
@@ -139,13 +145,15 @@ def read_response(sock: socket.socket, timeout: float) -> tuple[int, bytes]:
     return (int(status.group(1)) if status else 0), body
 
 
-def post_oversize(port: int, *, token: str | None, chunked: bool, total: int = OVERSIZE) -> Answer:
-    """POST `total` bytes to the enqueue route; stop sending once the server answers. Never allocates the body."""
+def post_oversize(
+    port: int, *, token: str | None, chunked: bool, total: int = OVERSIZE, path: str = "/tasks/orders.process_order"
+) -> Answer:
+    """POST `total` bytes to `path`; stop sending once the server answers. Never allocates the body."""
     label = f"{'token' if token else 'anonymous'} {'chunked' if chunked else 'Content-Length'}"
     start = time.monotonic()
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     try:
-        head = "POST /tasks/orders.process_order HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         if token:
             head += f"Authorization: Bearer {token}\r\n"
         head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {total}\r\n"
@@ -175,37 +183,31 @@ def post_oversize(port: int, *, token: str | None, chunked: bool, total: int = O
     return Answer(label, status, time.monotonic() - start, sent, reply)
 
 
-def settle(web: Web) -> int:
+def settle(rss) -> int:
     """RSS once it stops moving (allocator returns, worker heartbeats): the lowest of a few samples."""
     samples = []
     for _ in range(5):
-        samples.append(web.rss())
+        samples.append(rss())
         time.sleep(0.3)
     return min(samples)
 
 
-def test_oversized_bodies_are_refused_before_they_are_read(web: Web) -> None:
-    with httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as http:
-        for _ in range(6):  # both workers have imported and served everything once
-            assert http.post("/tasks/orders.process_order", json=ORDER).status_code == 202
-    before = settle(web)
+def flood(rss, requests) -> tuple[list[Answer], int, int, int]:
+    """Run the requests at once while sampling `rss`; returns the answers and RSS before, at peak and after."""
+    before = settle(rss)
     peak = before
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, web.rss())
+            peak = max(peak, rss())
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    kinds = [(token, chunked) for token in (None, TOKEN) for chunked in (False, True)] * 2
     answers: list[Answer] = []
-    threads = [
-        threading.Thread(target=lambda t=t, c=c: answers.append(post_oversize(web.port, token=t, chunked=c)))
-        for t, c in kinds
-    ]
+    threads = [threading.Thread(target=lambda r=r: answers.append(r())) for r in requests]
     try:
         for thread in threads:
             thread.start()
@@ -214,21 +216,31 @@ def test_oversized_bodies_are_refused_before_they_are_read(web: Web) -> None:
     finally:
         done.set()
         sampler.join()
-    after = settle(web)
-    print(f"\n{len(kinds)} concurrent {OVERSIZE // MB} MB POSTs:")
+    after = settle(rss)
     for answer in sorted(answers, key=lambda a: a.label):
         print(f"  {answer} {answer.body[:120]!r}")
     print(
-        f"  web RSS before {before / MB:.1f} MB, peak {peak / MB:.1f} MB (+{(peak - before) / MB:.1f}), "
+        f"  RSS before {before / MB:.1f} MB, peak {peak / MB:.1f} MB (+{(peak - before) / MB:.1f}), "
         f"after {after / MB:.1f} MB (+{(after - before) / MB:.1f})"
     )
-    assert len(answers) == len(kinds), "a request did not finish"
+    assert len(answers) == len(requests), "a request did not finish"
+    assert peak - before < MAX_GROWTH, f"grew by {(peak - before) / MB:.1f} MB while refusing"
+    assert after - before < MAX_GROWTH, f"kept {(after - before) / MB:.1f} MB"
+    return answers, before, peak, after
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(web: Web) -> None:
+    with httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as http:
+        for _ in range(6):  # both workers have imported and served everything once
+            assert http.post("/tasks/orders.process_order", json=ORDER).status_code == 202
+    kinds = [(token, chunked) for token in (None, TOKEN) for chunked in (False, True)] * 2
+    print(f"\n{len(kinds)} concurrent {OVERSIZE // MB} MB POSTs to bin/web:")
+    requests = [lambda t=t, c=c: post_oversize(web.port, token=t, chunked=c) for t, c in kinds]
+    answers, *_ = flood(web.rss, requests)
     for answer in answers:
         expected = 413 if answer.label.startswith("token") else 401
         assert answer.status == expected, f"{answer} {answer.body[:300]!r}"
         assert answer.sent < OVERSIZE // 10, f"{answer}: the server read most of the body before answering"
-    assert peak - before < MAX_GROWTH, f"web processes grew by {(peak - before) / MB:.1f} MB"
-    assert after - before < MAX_GROWTH, f"web processes kept {(after - before) / MB:.1f} MB"
 
     # And the next ordinary request is served.
     with httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as http:
@@ -285,3 +297,38 @@ def test_deeply_nested_json_is_refused_without_harm(web: Web) -> None:
         print(f"\n{depth}-deep JSON: {response.status_code} {response.text[:200]}")
         assert response.status_code in (400, 422) and len(response.content) < MAX_ERROR_RESPONSE
         assert http.get("/healthz").status_code == 200
+
+
+def wait_for_port(proc: Proc, port: int) -> None:
+    def listening() -> bool:
+        assert proc.popen.poll() is None, f"{proc.name} exited {proc.popen.returncode}:\n{services.log_tail(proc.log)}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
+    wait_until(listening, timeout=90, what=f"{proc.name} listening on {port}")
+
+
+def test_flower_and_the_exporter_hold_no_large_body(booted: BootedProject, stopped_afterwards: list[Proc]) -> None:
+    """Flower checks its login only after Tornado has read the body; the exporter never reads one (GET only)."""
+    flower_port, metrics_port = services.free_port(), services.free_port()
+    env = {"FLOWER_PORT": str(flower_port), "FLOWER_ADDRESS": "127.0.0.1", "METRICS_PORT": str(metrics_port)}
+    flower = booted.start("flower-limits", [str(booted.path / "bin" / "flower")], env=env)
+    metrics = booted.start("metrics-limits", [str(booted.path / "bin" / "metrics")], env=env)
+    stopped_afterwards += [flower, metrics]
+    wait_for_port(flower, flower_port)
+    wait_for_port(metrics, metrics_port)
+    for proc, port, path, refused in (
+        (flower, flower_port, "/api/task/async-apply/orders.process_order", {400, 401}),
+        (metrics, metrics_port, "/metrics", {405}),
+    ):
+        print(f"\n4 concurrent anonymous {OVERSIZE // MB} MB POSTs to {proc.name} {path}:")
+        requests = [
+            functools.partial(post_oversize, port, token=None, chunked=c, path=path) for c in (False, True, False, True)
+        ]
+        answers, *_ = flood(lambda pid=proc.popen.pid: family_rss(pid), requests)
+        for answer in answers:
+            assert answer.status in refused, f"{answer} {answer.body[:300]!r}"
+            assert answer.sent < OVERSIZE // 10, f"{answer}: {proc.name} read most of the body"
