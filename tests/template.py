@@ -5,6 +5,7 @@ The test matrix is derived from cookiecutter.json: a new choice gets render, lin
 
 import itertools
 import json
+import zoneinfo
 from pathlib import Path
 
 from cookiecutter.main import cookiecutter
@@ -21,12 +22,24 @@ SUPPORTED: list[dict[str, str]] = [
     dict(zip(PRIMARY, combo, strict=True)) for combo in itertools.product(*(CHOICES[name] for name in PRIMARY))
 ]
 SUPPORTED += [{name: value} for name, values in CHOICES.items() if name not in PRIMARY for value in values[1:]]
+# The longest value the hook allows for each free-text answer, as people type them, so no interpolated line can grow
+# past the line length: the longest IANA zone name, ten queues of 32 characters (the hook's limit), a name with
+# accents and quotes whose derived slug is 40 characters (the limit), an e-mail address with a plus sign.
+LONGEST_ZONE = max(sorted(zoneinfo.available_timezones()), key=len)
+LONGEST_QUEUES = [(f"bulk_import_{i:02d}_" if i % 2 else f"bulk-import-{i:02d}-").ljust(32, "x") for i in range(10)]
+LONGEST = {
+    "project_name": 'Café O\'Brien "Déjà Vu" Jobs Über Straße X',
+    "author_name": "Zoë O'Brien-Núñez",
+    "author_email": "platform+celery-jobs@example.com",
+    "timezone": LONGEST_ZONE,
+}
 # Free-text answers that exercise the edges.
 SUPPORTED += [
     {"queues": "default"},
-    {"queues": "default, high-priority,bulk_import,emails", "broker": "rabbitmq"},
-    # 40 characters, the longest slug the hook allows: generated lines must stay within the line length.
-    {"project_name": "Forty Character Project Name Goes Here X", "timezone": "Europe/Paris"},
+    # Every longest value at once, once per broker (RabbitMQ derives more names from each queue); the RabbitMQ set
+    # also has spaces after the commas, and the names mix '_' and '-'.
+    {**LONGEST, "queues": ",".join(LONGEST_QUEUES)},
+    {**LONGEST, "queues": ", ".join(LONGEST_QUEUES), "broker": "rabbitmq"},
     {"project_name": "Billing", "description": 'Quotes "inside", backslash \\ and {braces}'},
 ]
 

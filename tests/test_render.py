@@ -1,5 +1,6 @@
 """Fast tier: render every supported answer set and check the output as text; refused answers fail in the hook."""
 
+import ast
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from template import SUPPORTED, UNSUPPORTED, case_id, render
+from template import LONGEST, ROOT, SUPPORTED, UNSUPPORTED, case_id, render
 
 # Jinja that escaped rendering. `${{ '{{' }}` in a shell or CI file would be written with {% raw %}, so any of these
 # in the output is a template bug.
@@ -67,8 +68,13 @@ def test_queues_answer_reaches_settings_and_env(project: Path) -> None:
     answers = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     queues = [q.strip() for q in answers["queues"].split(",")]
     assert f"CELERY_QUEUES={','.join(queues)}" in (project / ".env").read_text()
-    settings = (project / answers["__package"] / "settings.py").read_text()
-    assert f"= {json.dumps(queues)}" in settings
+    settings = ast.parse((project / answers["__package"] / "settings.py").read_text())
+    defaults = {
+        node.target.id: node.value
+        for node in ast.walk(settings)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
+    }
+    assert ast.literal_eval(defaults["queues"]) == queues
 
 
 def test_start_scripts_follow_the_convention(project: Path) -> None:
@@ -102,6 +108,58 @@ def test_refused_answers_fail_in_the_hook_and_write_nothing(
 
     with pytest.raises(FailedHookException):
         render(tmp_path, answers)
+    assert list(tmp_path.iterdir()) == []
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
+    assert any(message in line for line in errors), errors
+
+
+# Names as people type them, and the slug each derives by default (cookiecutter's slugify extension: transliterated,
+# lowercase, apostrophes dropped, everything else between words a hyphen). The package is the slug with "_".
+TYPED_NAMES = [
+    ("Café Jobs", "cafe-jobs"),
+    ("O'Brien Jobs", "obrien-jobs"),
+    ("O\u2019Brien Jobs", "obrien-jobs"),
+    ("  Acme_Jobs  v2.0 ", "acme-jobs-v2-0"),
+    ("Zürich Straßenbahn", "zurich-strassenbahn"),
+    (LONGEST["project_name"], "cafe-obrien-deja-vu-jobs-uber-strasse-x"),
+]
+
+
+def derived(answers: dict[str, str]) -> dict[str, str]:
+    """Every value cookiecutter derives from `answers` with no input, as `cookiecutter --no-input` renders them."""
+    from cookiecutter.generate import generate_context
+    from cookiecutter.prompt import prompt_for_config
+
+    context = generate_context(context_file=str(ROOT / "cookiecutter.json"), extra_context=answers)
+    return prompt_for_config(context, no_input=True)
+
+
+@pytest.mark.parametrize(("name", "slug"), TYPED_NAMES, ids=[slug for _, slug in TYPED_NAMES])
+def test_typed_names_derive_a_valid_slug_and_package(name: str, slug: str) -> None:
+    from test_hooks import pre
+
+    answers = derived({"project_name": name})
+    print(f"\n{name!r} -> slug {answers['project_slug']!r}, package {answers['__package']!r}")
+    assert (answers["project_slug"], answers["__package"]) == (slug, slug.replace("-", "_"))
+    assert pre.check_names(answers) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("9 Lives", "project_slug '9-lives' must match [a-z][a-z0-9-]*"),
+        # Nothing to derive a slug from: the name itself stands in, and the hook names it.
+        ("\U0001f680 !!!", "project_slug '\U0001f680 !!!' must match [a-z][a-z0-9-]*"),
+    ],
+    ids=["leading digit", "no letters"],
+)
+def test_a_name_without_a_valid_slug_is_refused_in_the_hook(
+    name: str, message: str, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    from cookiecutter.exceptions import FailedHookException
+
+    with pytest.raises(FailedHookException):
+        render(tmp_path, {"project_name": name})
     assert list(tmp_path.iterdir()) == []
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
     assert any(message in line for line in errors), errors

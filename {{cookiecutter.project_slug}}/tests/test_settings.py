@@ -13,7 +13,11 @@ def make(**overrides: object) -> Settings:
 
 def test_defaults_follow_the_template_answers() -> None:
     settings = make()
-    assert settings.queues == {{ cookiecutter.__queues.split(',') | tojson }}
+    assert settings.queues == [
+{%- for queue in cookiecutter.__queues.split(',') %}
+        "{{ queue }}",
+{%- endfor %}
+    ]
     assert settings.timezone == "{{ cookiecutter.timezone }}"
 
 

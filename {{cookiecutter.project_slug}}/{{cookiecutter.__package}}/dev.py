@@ -19,6 +19,12 @@ RUN_DIR = PROJECT / ".run"  # data and logs of the local servers; delete it to s
 # The URLs of the servers started here, for other commands run in this directory while `make dev` runs (settings.py
 # reads it after .env): `python -m <package>.deadletters list` in a second terminal talks to this stack.
 DEV_ENV = RUN_DIR / "dev.env"
+# settings.py's default queues (CELERY_QUEUES in the environment or .env replaces them, for the workers too).
+DEFAULT_QUEUES = [
+{%- for queue in cookiecutter.__queues.split(',') %}
+    "{{ queue }}",
+{%- endfor %}
+]
 
 
 def _env() -> dict[str, str]:
@@ -42,7 +48,10 @@ def start_servers(env: dict[str, str]) -> list[devservers.Server]:
 {%- if cookiecutter.broker == "rabbitmq" %}
     if not env.get("CELERY_BROKER_URL"):
         rabbit = devservers.start_rabbitmq(
-            RUN_DIR / "rabbitmq", _port(5672), "{{ cookiecutter.__package }}", env.get("RABBITMQ_PASSWORD", "guest")
+            RUN_DIR / "rabbitmq",
+            _port(5672),
+            "{{ cookiecutter.__package }}",
+            env.get("RABBITMQ_PASSWORD", "guest"),
         )
         env["CELERY_BROKER_URL"] = rabbit.url
         servers.append(rabbit)
@@ -62,7 +71,7 @@ def _start(name: str, script: str, env: dict[str, str]) -> subprocess.Popen:
 
 def start_processes(env: dict[str, str]) -> dict[str, subprocess.Popen]:
     """One worker per queue (the production layout, so routing problems show up here too), and beat."""
-    queues = [q.strip() for q in env.get("CELERY_QUEUES", "{{ cookiecutter.__queues }}").split(",")]
+    queues = [q.strip() for q in env["CELERY_QUEUES"].split(",")] if "CELERY_QUEUES" in env else DEFAULT_QUEUES
     procs = {}
     for queue in queues:
         procs[f"worker-{queue}"] = _start(f"worker-{queue}", "worker", {**env, "WORKER_QUEUES": queue})

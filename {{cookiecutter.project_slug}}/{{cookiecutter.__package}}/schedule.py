@@ -3,11 +3,15 @@
 Every entry names its queue and sets `expires`: if beat or the workers were down, a run that is older than its
 usefulness is discarded by the worker instead of a backlog of identical runs piling up.
 
-Time zones: crontab entries are read in CELERY_TIMEZONE ({{ cookiecutter.timezone }}); everything is stored in UTC. UTC schedules are
-recommended: they never skip or repeat. In a zone with DST, a 09:30 entry stays at 09:30 local time (its UTC time moves
-by an hour twice a year), an entry inside the skipped hour (02:30 on the spring-forward night in Europe) runs an hour
-late that night, and one inside the repeated hour runs once. RedBeat stores crontab fields, not a per-entry zone: to
-pin a job to local time, set CELERY_TIMEZONE to that zone and keep such jobs out of 01:00-03:00.
+Time zones: crontab entries are read in CELERY_TIMEZONE; everything is stored in UTC. The zone this project was
+generated with (settings.py's default):
+
+    {{ cookiecutter.timezone }}
+
+UTC schedules are recommended: they never skip or repeat. In a zone with DST, a 09:30 entry stays at 09:30 local time
+(its UTC time moves by an hour twice a year), an entry inside the skipped hour (02:30 on the spring-forward night in
+Europe) runs an hour late that night, and one inside the repeated hour runs once. RedBeat stores crontab fields, not a
+per-entry zone: to pin a job to local time, set CELERY_TIMEZONE to that zone and keep such jobs out of 01:00-03:00.
 See tests/test_schedule.py.
 """
 

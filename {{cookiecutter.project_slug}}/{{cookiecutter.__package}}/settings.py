@@ -50,7 +50,11 @@ class Settings(BaseSettings):
     result_backend: str | None = None
 
     # The first queue is the default: tasks without a route go there.
-    queues: Annotated[list[str], NoDecode] = {{ cookiecutter.__queues.split(',') | tojson }}
+    queues: Annotated[list[str], NoDecode] = [
+{%- for queue in cookiecutter.__queues.split(',') %}
+        "{{ queue }}",
+{%- endfor %}
+    ]
     timezone: str = "{{ cookiecutter.timezone }}"
 
     # Soft limit raises SoftTimeLimitExceeded inside the task so it can clean up; the hard limit kills the process.
