@@ -184,6 +184,37 @@ def test_images_are_overridable_through_kustomize_images(built: Built, tmp_path:
     assert images == {f"registry.example.com/{built.slug}:1.2.3"}, images
 
 
+def test_the_web_body_limit_is_valid_on_the_base_and_in_a_stacked_overlay(built: Built) -> None:
+    """proxy-body-size is a size ingress-nginx accepts in an overlay built on the base alone, and an overlay stacked on
+    production that changes CELERY_MAX_PAYLOAD_BYTES and repeats the replacements block (deploy/k8s/README.md) gets
+    its own value."""
+    if built.answers != VARIANTS[0]:
+        pytest.skip("the wiring does not depend on the answers: checked on the first variant only")
+    annotation = "nginx.ingress.kubernetes.io/proxy-body-size"
+    replacements = yaml.safe_load((built.k8s / "overlays" / "production" / "kustomization.yaml").read_text())
+    stacked = {
+        "resources": ["../production"],
+        "configMapGenerator": [
+            {"name": "app-config", "behavior": "merge", "literals": ["CELERY_MAX_PAYLOAD_BYTES=2097152"]}
+        ],
+        "replacements": replacements["replacements"],
+    }
+    default = read_env_file(built.k8s / "base" / "config.env")["CELERY_MAX_PAYLOAD_BYTES"]
+    limits = {}
+    for name, kustomization in (("on-base", {"resources": ["../../base"]}), ("on-production", stacked)):
+        overlay = built.k8s / "overlays" / name
+        overlay.mkdir()
+        try:
+            (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+            ingress = Manifests(build(built.k8s, name)).get("Ingress", "web")
+        finally:
+            shutil.rmtree(overlay)
+        limits[name] = ingress["metadata"]["annotations"][annotation]
+    print(f"\n{annotation}: {limits}")
+    assert limits == {"on-base": default, "on-production": "2097152"}, limits
+    assert default.isdigit(), default
+
+
 def test_kubernetes_validate_cli_agrees(versions: list[str], tmp_path: Path) -> None:
     """The command a user would run, on the default answers: exit 0 and no ERROR for either overlay."""
     require_kubectl()
