@@ -50,3 +50,47 @@ def test_placeholder_secret_is_refused_in_production() -> None:
 
 def test_placeholder_secret_is_allowed_in_development() -> None:
     assert make(environment="development", redis_url="redis://:change-me@localhost:6379/0").redis_url
+
+
+def test_tls_urls_verify_the_server_by_default(tmp_path) -> None:
+    import ssl
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = make(redis_url="rediss://:s3cret@redis.example.com:6380/0", ssl_ca_certs=str(ca))
+    expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca), "ssl_check_hostname": True}
+    assert settings.redis_ssl(settings.redis_url) == expected
+{%- if cookiecutter.broker == "rabbitmq" %}
+    amqps = make(broker_url="amqps://celery:s3cret@rabbitmq.example.com:5671/vhost")
+    # server_hostname None: kombu fills in the URL's host, so py-amqp checks the certificate's host name too.
+    assert amqps.broker_use_ssl == {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": None, "server_hostname": None}
+{%- else %}
+    assert settings.broker_use_ssl == expected
+{%- endif %}
+
+
+def test_plain_urls_get_no_tls_options() -> None:
+    # TLS options would switch a redis:// connection to TLS in kombu and Celery's result backend.
+    settings = make(redis_url="redis://localhost:6379/0")
+    assert settings.redis_ssl(settings.redis_url) is None
+{%- if cookiecutter.broker == "redis" %}
+    assert settings.broker_use_ssl is None
+{%- endif %}
+
+
+@pytest.mark.parametrize("query", ["ssl_cert_reqs=none", "ssl_cert_reqs=CERT_OPTIONAL", "ssl_check_hostname=false"])
+def test_tls_url_with_verification_off_is_refused(query: str) -> None:
+    with pytest.raises(ValidationError, match=r"REDIS_URL turns TLS verification off .*INSECURE_SKIP_VERIFY=true"):
+        make(redis_url=f"rediss://redis.example.com:6380/0?{query}")
+
+
+def test_verification_off_only_with_the_loud_setting() -> None:
+    import ssl
+
+    settings = make(redis_url="rediss://redis.example.com:6380/0?ssl_cert_reqs=none", ssl_insecure_skip_verify=True)
+    assert settings.redis_ssl(settings.redis_url)["ssl_cert_reqs"] == ssl.CERT_NONE
+
+
+def test_missing_ca_bundle_is_refused(tmp_path) -> None:
+    with pytest.raises(ValidationError, match=r"CELERY_SSL_CA_CERTS .* is not a file"):
+        make(redis_url="rediss://redis.example.com:6380/0", ssl_ca_certs=str(tmp_path / "missing.pem"))

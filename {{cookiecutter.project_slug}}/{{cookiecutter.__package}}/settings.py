@@ -6,8 +6,11 @@ conventional names (`REDIS_URL`). `.env.example` documents every variable.
 """
 
 import re
+import ssl
 import zoneinfo
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -16,6 +19,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # The value `.env.example` ships for secrets; the post-generation hook replaced it in your `.env`.
 PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
+# URL schemes that mean TLS; the libraries disagree on what they verify by default, so settings decide (tls_* below).
+TLS_SCHEMES = ("rediss", "amqps")
+# URL parameters that turn verification off, which kombu, Celery's backend, RedBeat and redis-py all obey.
+UNVERIFIED = {"ssl_cert_reqs": {"none", "optional", "cert_none", "cert_optional"}, "ssl_check_hostname": {"false", "0"}}
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -48,6 +55,13 @@ class Settings(BaseSettings):
 {%- endif %}
     # Defaults to REDIS_URL.
     result_backend: str | None = None
+    # TLS: rediss:// and amqps:// URLs connect over TLS, and every client (broker, results, RedBeat, this project's
+    # own Redis client, the exporter, health checks, Flower) verifies the server's certificate chain AND that it names
+    # the URL's host. PEM file of the CA(s) that signed the servers' certificates; None: the system's CA store.
+    ssl_ca_certs: str | None = None
+    # The only way to connect to a TLS server without verifying it (a self-signed test server): anyone on the network
+    # path can then read and change every task. Settings refuse verification-off URL parameters unless this is true.
+    ssl_insecure_skip_verify: bool = False
 
     # The first queue is the default: tasks without a route go there.
     queues: Annotated[list[str], NoDecode] = {{ cookiecutter.__queues.split(',') | tojson }}
@@ -169,6 +183,42 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_tls(self) -> "Settings":
+        if self.ssl_ca_certs and not Path(self.ssl_ca_certs).is_file():
+            raise ValueError(f"CELERY_SSL_CA_CERTS {self.ssl_ca_certs!r} is not a file: point it at the CA file (PEM)")
+        for name in ("redis_url", "broker_url", "result_backend", "redbeat_redis_url"):
+            url = urlsplit(getattr(self, name) or "")
+            query = {key: value.lower() for key, value in parse_qsl(url.query)}
+            weakened = [f"{key}={query[key]}" for key, values in UNVERIFIED.items() if query.get(key) in values]
+            if weakened and not self.ssl_insecure_skip_verify:
+                raise ValueError(
+                    f"{_env_name(name)} turns TLS verification off ({', '.join(weakened)}): remove it (certificates "
+                    "are checked against CELERY_SSL_CA_CERTS or the system CAs) "
+                    "or set CELERY_SSL_INSECURE_SKIP_VERIFY=true"
+                )
+        return self
+
+    def redis_ssl(self, url: str | None) -> dict[str, Any] | None:
+        """redis-py's TLS options for a rediss:// URL (None for redis://): for kombu, Celery, RedBeat and redis-py."""
+        if urlsplit(url or "").scheme != "rediss":
+            return None  # these options would switch a redis:// connection to TLS in kombu and Celery's backend
+        if self.ssl_insecure_skip_verify:
+            return {"ssl_cert_reqs": ssl.CERT_NONE, "ssl_check_hostname": False}
+        # Spelled out: kombu's own default for rediss:// is CERT_NONE, and Celery's backend refuses to guess.
+        return {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": self.ssl_ca_certs, "ssl_check_hostname": True}
+
+    @property
+    def broker_use_ssl(self) -> dict[str, Any] | None:
+        """Celery's broker_use_ssl: redis-py's options for rediss://, py-amqp's for amqps://, None without TLS."""
+        if urlsplit(self.broker_url or "").scheme != "amqps":
+            return self.redis_ssl(self.broker_url)
+        if self.ssl_insecure_skip_verify:
+            return {"cert_reqs": ssl.CERT_NONE}
+        # server_hostname None: kombu fills in the URL's host, which turns on SNI and the host name check (py-amqp
+        # checks the host name only when it is given one; plain amqps:// verifies the chain alone).
+        return {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": self.ssl_ca_certs, "server_hostname": None}
+
     @property
     def redbeat_key_prefix(self) -> str:
         return f"{self.key_prefix}:redbeat:"
@@ -186,6 +236,11 @@ class Settings(BaseSettings):
             if PLACEHOLDER_SECRET in (getattr(self, name) or ""):
                 raise ValueError(f"{name} still holds the placeholder secret {PLACEHOLDER_SECRET!r}; set a real one")
         return self
+
+
+def _env_name(field: str) -> str:
+    """The environment variable a field is read from (REDIS_URL, CELERY_BROKER_URL...)."""
+    return "REDIS_URL" if field == "redis_url" else f"CELERY_{field.upper()}"
 
 
 settings = Settings()
