@@ -19,9 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # The value `.env.example` ships for secrets; the post-generation hook replaced it in your `.env`.
 PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
-# URL schemes that mean TLS; the libraries disagree on what they verify by default, so settings decide (tls_* below).
-TLS_SCHEMES = ("rediss", "amqps")
-# URL parameters that turn verification off, which kombu, Celery's backend, RedBeat and redis-py all obey.
+# URL parameters that turn TLS verification off, which kombu, Celery's backend, RedBeat and redis-py all obey.
 UNVERIFIED = {"ssl_cert_reqs": {"none", "optional", "cert_none", "cert_optional"}, "ssl_check_hostname": {"false", "0"}}
 
 
