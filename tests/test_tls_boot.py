@@ -235,6 +235,14 @@ def test_worker_beat_exporter_and_health_checks_run_over_verified_tls(
 
     health_broker = booted.module("health", "broker", "--wait", "30", env=good)
     assert health_broker.returncode == 0, health_broker.stderr
+    # CELERY_SSL_CA_CERTS unset: the system's CA store decides (OpenSSL reads SSL_CERT_FILE in place of the system's).
+    system_ca = {**good, "CELERY_SSL_CA_CERTS": ""}
+    assert (
+        booted.module("health", "broker", env={**system_ca, "SSL_CERT_FILE": good["CELERY_SSL_CA_CERTS"]}).returncode
+        == 0
+    )
+    untrusted = booted.module("health", "broker", env={**system_ca, "SSL_CERT_FILE": "/nonexistent"})
+    assert untrusted.returncode == 1 and "certificate verify failed" in untrusted.stderr, untrusted.stderr
 
     for proc in (worker, beat, exporter):
         # kombu's "defaulting to insecure SSL behaviour", Celery's "ssl_cert_reqs=CERT_NONE ... vulnerable". Checked

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"queue name {name!r} must match [a-z0-9_-]+")
         return names
 
+    @field_validator("ssl_ca_certs")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None  # `CELERY_SSL_CA_CERTS=` in .env means the system's CA store, not a file named ""
+
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, name: str) -> str:
