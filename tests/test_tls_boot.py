@@ -319,20 +319,61 @@ def test_unverifiable_server_certificates_are_refused(
             server.stop()
 
 
-def test_a_tls_url_that_turns_verification_off_stops_the_worker_at_start(
-    booted: BootedProject, good: dict[str, str]
+def test_results_and_the_project_redis_refuse_a_bad_certificate_while_the_broker_is_fine(
+    booted: BootedProject,
+    good: dict[str, str],
+    pki: Pki,
+    tmp_path_factory: pytest.TempPathFactory,
+    stopped_afterwards: list[Proc],
 ) -> None:
-    """The URL form Celery's own error message suggests (ssl_cert_reqs=none): refused unless the loud setting is on."""
+    """Not only the broker verifies: REDIS_URL (results, idempotency keys, RedBeat) on a server with a certificate for
+    another host is refused, while the worker's broker connection (a good TLS server) works."""
+    refusal = REFUSALS["wrong-host"]
+    bad = services.start_redis(tmp_path_factory.mktemp("tls-bad-results") / "redis", tls=pki.bad["wrong-host"])
+    # The broker stays on the good server (for the Redis variant: the good Redis, named as the broker explicitly).
+    env = {**good, "REDIS_URL": bad.url}
+    if not rabbitmq_variant(booted):
+        env["CELERY_BROKER_URL"] = good["REDIS_URL"]
+    try:
+        worker = start_worker(booted, stopped_afterwards, "tls-bad-results", env)
+        worker.wait_for_log("ready.", timeout=90)
+        # Published through the shared good broker by a client whose own Redis is the good one.
+        sent = send_receipt(booted, good, "bad-results-1", wait=False)
+
+        def refusals() -> list[str]:
+            return [line for line in worker.log.read_text().splitlines() if refusal.search(line)]
+
+        wait_until(refusals, what=lambda: f"{refusal.pattern!r} in the worker's log:\n{services.log_tail(worker.log)}")
+        print(f"\nworker, task {sent['id']} on a wrong-host REDIS_URL: {refusals()[0].strip()[:400]}")
+        assert f"[{sent['id']}] succeeded" not in worker.log.read_text()
+
+        # The project's own client and RedBeat's (health beat) refuse it as well.
+        store = booted.run(
+            "python", "-c", f"from {booted.package}.redis_store import client\nclient().ping()", env=env, timeout=90
+        )
+        assert store.returncode != 0 and refusal.search(store.stderr), store.stderr[-3000:]
+        beat = booted.module("health", "beat", env=env)
+        assert beat.returncode == 1 and refusal.search(beat.stderr), beat.stderr
+        print(f"health beat: {beat.stderr.strip()[:400]}")
+    finally:
+        for proc in stopped_afterwards:
+            proc.stop(timeout=30)
+        bad.stop()
+
+
+def test_a_tls_url_with_ssl_parameters_stops_the_worker_at_start(booted: BootedProject, good: dict[str, str]) -> None:
+    """One spelling redis-py reads as "no host name check" (the generated tests/test_settings.py covers the others:
+    ssl_cert_reqs=required as Celery's old error suggested, a repeated key, ?ssl=true...): the worker never starts."""
     env = {
         **good,
-        "REDIS_URL": good["REDIS_URL"] + "?ssl_cert_reqs=none",
+        "REDIS_URL": good["REDIS_URL"] + "?ssl_check_hostname=no",
         "WORKER_QUEUES": booted.queues[0],
         "WORKER_NAME": "tls-refused",
         "WORKER_HEARTBEAT_FILE": str(booted.logs / "tls-refused.heartbeat"),
     }
     result = booted.run(str(booted.path / "bin" / "worker"), env=env, timeout=120)
-    line = next((line for line in result.stderr.splitlines() if "turns TLS verification off" in line), "")
-    print(f"\nworker with ssl_cert_reqs=none: exit {result.returncode}: {line.strip()}")
+    line = next((line for line in result.stderr.splitlines() if "has the URL parameter" in line), "")
+    print(f"\nworker with ?ssl_check_hostname=no: exit {result.returncode}: {line.strip()}")
     assert result.returncode != 0
-    assert "REDIS_URL turns TLS verification off (ssl_cert_reqs=none)" in line
+    assert "REDIS_URL has the URL parameter 'ssl_check_hostname': TLS options come from CELERY_SSL_CA_CERTS" in line
     assert "CELERY_SSL_INSECURE_SKIP_VERIFY=true" in line

@@ -19,8 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # The value `.env.example` ships for secrets; the post-generation hook replaced it in your `.env`.
 PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
-# URL parameters that turn TLS verification off, which kombu, Celery's backend, RedBeat and redis-py all obey.
-UNVERIFIED = {"ssl_cert_reqs": {"none", "optional", "cert_none", "cert_optional"}, "ssl_check_hostname": {"false", "0"}}
+# URL schemes that connect over TLS: their TLS options come from settings (redis_ssl, broker_use_ssl), never the URL.
+TLS_SCHEMES = {"rediss", "amqps"}
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -30,7 +30,10 @@ def _unprefixed(name: str) -> FieldInfo:
 
 class Settings(BaseSettings):
     # .run/dev.env exists only while `make dev` runs; it holds the URLs of the servers that started.
-    model_config = SettingsConfigDict(env_prefix="CELERY_", env_file=(".env", ".run/dev.env"), extra="ignore")
+    # hide_input_in_errors: a refused value (a URL with its password) is never copied into the error or a log.
+    model_config = SettingsConfigDict(
+        env_prefix="CELERY_", env_file=(".env", ".run/dev.env"), extra="ignore", hide_input_in_errors=True
+    )
 
     # development allows placeholder secrets and local defaults; anything else refuses them.
     environment: Literal["development", "staging", "production"] = Field(
@@ -58,7 +61,7 @@ class Settings(BaseSettings):
     # the URL's host. PEM file of the CA(s) that signed the servers' certificates; None: the system's CA store.
     ssl_ca_certs: str | None = None
     # The only way to connect to a TLS server without verifying it (a self-signed test server): anyone on the network
-    # path can then read and change every task. Settings refuse verification-off URL parameters unless this is true.
+    # path can then read and change every task. Settings refuse any ssl* parameter on a TLS URL unless this is true.
     ssl_insecure_skip_verify: bool = False
 
     # The first queue is the default: tasks without a route go there.
@@ -188,18 +191,35 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_tls(self) -> "Settings":
-        if self.ssl_ca_certs and not Path(self.ssl_ca_certs).is_file():
-            raise ValueError(f"CELERY_SSL_CA_CERTS {self.ssl_ca_certs!r} is not a file: point it at the CA file (PEM)")
-        for name in ("redis_url", "broker_url", "result_backend", "redbeat_redis_url"):
-            url = urlsplit(getattr(self, name) or "")
-            query = {key: value.lower() for key, value in parse_qsl(url.query)}
-            weakened = [f"{key}={query[key]}" for key, values in UNVERIFIED.items() if query.get(key) in values]
-            if weakened and not self.ssl_insecure_skip_verify:
+        if self.ssl_ca_certs:
+            if not Path(self.ssl_ca_certs).is_file():
                 raise ValueError(
-                    f"{_env_name(name)} turns TLS verification off ({', '.join(weakened)}): remove it (certificates "
-                    "are checked against CELERY_SSL_CA_CERTS or the system CAs) "
-                    "or set CELERY_SSL_INSECURE_SKIP_VERIFY=true"
+                    f"CELERY_SSL_CA_CERTS {self.ssl_ca_certs!r} is not a file: point it at the CA file (PEM)"
                 )
+            try:  # the same loader every client uses: an empty, DER or cut-short file fails here, not at connect
+                ssl.create_default_context(cafile=self.ssl_ca_certs)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"CELERY_SSL_CA_CERTS {self.ssl_ca_certs!r} holds no usable PEM certificate ({exc.reason or exc}): "
+                    "give the CA file in PEM (-----BEGIN CERTIFICATE-----; `openssl x509 -inform der` converts DER)"
+                ) from None
+        if self.ssl_insecure_skip_verify:
+            return self
+        # An allowlist, not a list of bad values: on a TLS URL no ssl* parameter is accepted, whatever it says. The
+        # libraries read them differently from each other (redis-py takes "no" as false and the first of a repeated
+        # key; any ssl_* on a rediss:// broker makes kombu rebuild its options from the URL alone, dropping the CA
+        # and the host name check; `ssl=true` on amqps:// replaces broker_use_ssl), so none can be trusted to add to
+        # the verified options. Every str field is checked, so a URL setting added later is covered too.
+        for name, value in self:
+            # Each URL of a kombu failover list ("amqps://a;amqps://b") on its own.
+            urls = [urlsplit(part) for part in value.split(";")] if isinstance(value, str) and "://" in value else []
+            queries = [url.query for url in urls if url.scheme.lower() in TLS_SCHEMES]
+            for key, _ in (pair for query in queries for pair in parse_qsl(query, keep_blank_values=True)):
+                if key.lower().startswith("ssl"):
+                    raise ValueError(
+                        f"{_env_name(name)} has the URL parameter {key!r}: TLS options come from CELERY_SSL_CA_CERTS "
+                        "(verification is always on); remove it, or set CELERY_SSL_INSECURE_SKIP_VERIFY=true"
+                    )
         return self
 
     def redis_ssl(self, url: str | None) -> dict[str, Any] | None:
@@ -243,7 +263,8 @@ class Settings(BaseSettings):
 
 def _env_name(field: str) -> str:
     """The environment variable a field is read from (REDIS_URL, CELERY_BROKER_URL...)."""
-    return "REDIS_URL" if field == "redis_url" else f"CELERY_{field.upper()}"
+    alias = Settings.model_fields[field].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"CELERY_{field.upper()}"
 
 
 settings = Settings()
