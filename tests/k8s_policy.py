@@ -500,6 +500,7 @@ def check_keda(m: Manifests, check: Checks, *, broker: str) -> None:
         check(len(triggers) == 1, f"{name}: {len(triggers)} triggers")
         for trigger in triggers:
             meta = trigger["metadata"]
+            check(meta.get("unsafeSsl", "false") == "false", f"{name}: unsafeSsl skips TLS verification")
             if broker == "redis":
                 check(trigger["type"] == "redis", f"{name}: trigger type {trigger['type']} for a Redis broker")
                 check(meta.get("listName") == queues[0], f"{name}: listName {meta.get('listName')} != queue {queues}")

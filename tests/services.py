@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -138,6 +139,15 @@ def _signal_pids(pids: set[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """What a TLS server presents: its certificate and key (PEM), and the CA file a client should trust for it."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 # --- the service handle ----------------------------------------------------------------------------------
@@ -293,21 +303,26 @@ def _stop_all() -> None:
 # --- Redis -----------------------------------------------------------------------------------------------
 
 
-def _redis_ping(url: str) -> None:
+def _redis_ping(url: str, *, tls: bool = False) -> None:
     import redis  # local import: only needed once a Redis is actually started
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    # Over TLS the check asks "is it up", not "is it trusted": tests start servers with bad certificates on purpose.
+    insecure = {"ssl_cert_reqs": "none", "ssl_check_hostname": False} if tls else {}
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, **insecure)
     try:
         client.ping()
     finally:
         client.close()
 
 
-def start_redis(workdir: Path, *, appendonly: bool = True, password: str | None = None) -> Service:
+def start_redis(
+    workdir: Path, *, appendonly: bool = True, password: str | None = None, tls: TlsFiles | None = None
+) -> Service:
     """Start ``redis-server`` on a free port with all its files in ``workdir``; return once PING answers.
 
     With ``appendonly`` (the default) writes go to an AOF, so data survives ``kill()`` + ``restart()``:
     Redis write()s the AOF before replying, and SIGKILL does not lose what is in the page cache.
+    With ``tls`` the port speaks TLS only (no plain port), presenting ``tls.cert``; the URL is rediss://.
     """
     binary = require("redis-server")
     workdir = Path(workdir).resolve()
@@ -328,15 +343,21 @@ def start_redis(workdir: Path, *, appendonly: bool = True, password: str | None 
     if password is not None:
         argv += ["--requirepass", password]
         auth = f":{quote(password, safe='')}@"
+    scheme = "redis"
+    if tls is not None:
+        # The later --port 0 wins: no plain-text port at all, so nothing can reach this Redis without TLS.
+        argv += ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls.cert)]
+        argv += ["--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]
+        scheme = "rediss"
     return _launch(
         name="redis",
-        url=f"redis://{auth}127.0.0.1:{port}/0",
+        url=f"{scheme}://{auth}127.0.0.1:{port}/0",
         port=port,
         data_dir=workdir,
         log_path=log_path,
         argv=argv,
         env=dict(os.environ),
-        ready_check=_redis_ping,
+        ready_check=functools.partial(_redis_ping, tls=tls is not None),
         ready_timeout=REDIS_READY_TIMEOUT,
     )
 
@@ -345,9 +366,13 @@ def start_redis(workdir: Path, *, appendonly: bool = True, password: str | None 
 
 
 def _amqp_connect(url: str) -> None:
+    import ssl
+
     import kombu  # local import: only needed once a RabbitMQ is actually started
 
-    with kombu.Connection(url, connect_timeout=2) as conn:
+    # amqps: "is it up", not "is it trusted" (tests start nodes with bad certificates on purpose).
+    options = {"cert_reqs": ssl.CERT_NONE} if url.startswith("amqps://") else False
+    with kombu.Connection(url, connect_timeout=2, ssl=options) as conn:
         # max_retries=0: one attempt; connect() would retry once after a 2 s sleep, slowing every start.
         conn.ensure_connection(max_retries=0)
 
@@ -382,36 +407,52 @@ def _rabbitmq_env(workdir: Path, port: int, dist_port: int) -> dict[str, str]:
     return env
 
 
-def _write_rabbitmq_files(workdir: Path) -> None:
+def _write_rabbitmq_files(workdir: Path, tls: TlsFiles | None = None, tls_port: int = 0) -> None:
     # An empty plugin list: no management plugin, so the node starts in a few seconds.
     (workdir / "enabled_plugins").write_text("[].\n")
     # guest/guest may log in from 127.0.0.1 by default, so the config only needs to exist.
-    (workdir / "rabbitmq.conf").write_text("# Test node: defaults only; ports and paths come from the environment.\n")
+    config = "# Test node: defaults only; ports and paths come from the environment.\n"
+    if tls is not None:
+        # A TLS listener presenting tls.cert; clients are not asked for a certificate.
+        config += (
+            f"listeners.ssl.default = 127.0.0.1:{tls_port}\n"
+            f"ssl_options.certfile = {tls.cert}\nssl_options.keyfile = {tls.key}\nssl_options.cacertfile = {tls.ca}\n"
+            "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
+        )
+    (workdir / "rabbitmq.conf").write_text(config)
     (workdir / "rabbitmq-env.conf").write_text("# Empty on purpose: the environment of the test process decides.\n")
 
 
-def start_rabbitmq(workdir: Path) -> Service:
+def start_rabbitmq(workdir: Path, *, tls: TlsFiles | None = None) -> Service:
     """Start a private RabbitMQ node on free ports with all its files in ``workdir``.
 
     Returns once an AMQP connection as guest succeeds; this takes ~4 s on the 2-core machine.
     Runs as root as well: the real script is started directly instead of Debian's wrapper.
     epmd (port 4369) is started by erl as a shared daemon and is left running on purpose.
+    With ``tls`` the node also listens for AMQP over TLS (presenting ``tls.cert``); the URL and port are that
+    listener's (amqps://), the plain listener stays on a port no test is given.
     """
     script = _rabbitmq_script()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_rabbitmq_files(workdir)
     port, dist_port = free_port(), free_port()
     while dist_port == port:  # two quick calls can in theory return the same port
         dist_port = free_port()
+    amqp_port, url = port, f"amqp://guest:guest@127.0.0.1:{port}//"
+    if tls is not None:
+        amqp_port = free_port()
+        while amqp_port in (port, dist_port):
+            amqp_port = free_port()
+        url = f"amqps://guest:guest@127.0.0.1:{port}//"
+    _write_rabbitmq_files(workdir, tls, port)
     return _launch(
         name="rabbitmq",
-        url=f"amqp://guest:guest@127.0.0.1:{port}//",
+        url=url,
         port=port,
         data_dir=workdir / "mnesia",
         log_path=workdir / "log" / "rabbitmq.log",
         argv=[script],
-        env=_rabbitmq_env(workdir, port, dist_port),
+        env=_rabbitmq_env(workdir, amqp_port, dist_port),
         ready_check=_amqp_connect,
         ready_timeout=RABBITMQ_READY_TIMEOUT,
     )

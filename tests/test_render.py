@@ -48,7 +48,7 @@ def test_python_files_compile(project: Path) -> None:
 def test_config_files_parse(project: Path) -> None:
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     dependencies = " ".join(pyproject["project"]["dependencies"])
-    assert "celery[redis]>=5.7,<5.8" in dependencies and "redis>=5.2,<9" in dependencies
+    assert "celery[redis]>=5.7,<5.8" in dependencies and "redis>=6.0,<9" in dependencies
     assert pyproject["project"]["requires-python"] == ">=3.11"
     answers = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     assert answers["project_slug"] == project.name and "_output_dir" not in answers

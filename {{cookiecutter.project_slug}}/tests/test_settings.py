@@ -5,6 +5,21 @@ from pydantic import ValidationError
 
 from {{ cookiecutter.__package }}.settings import Settings
 
+# A self-signed certificate (key thrown away) that only has to parse as a CA file; no connection is made with it.
+TEST_CA_PEM = """\
+-----BEGIN CERTIFICATE-----
+MIIBhTCCASugAwIBAgIUJDLO8y87uJFokjCzoSYtUt9YYEQwCgYIKoZIzj0EAwIw
+FzEVMBMGA1UEAwwMdGVzdC1vbmx5LWNhMCAXDTI2MTIwMjExMzU1NloYDzIxMjYx
+MTA4MTEzNTU2WjAXMRUwEwYDVQQDDAx0ZXN0LW9ubHktY2EwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAAQiyCFIOqGlI8lhg8oh6Ci0Gd/y7KAirrGzWSgRzIS1rr/G
+eoB4i/VOBDqcqOVpB2MBMJaX7BS2JQemnzHh6N1fo1MwUTAdBgNVHQ4EFgQU6faF
+TIq11EOU35eOgRKley1LbrAwHwYDVR0jBBgwFoAU6faFTIq11EOU35eOgRKley1L
+brAwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiBV1mIkhGpv9gqX
+y0ZpvPhRY1I1dWztyFVaaioz8OzicAIhANGCRZqyxOmSpbompqxnq/5UEF1tRM5f
+J08XJxgcasME
+-----END CERTIFICATE-----
+"""
+
 
 def make(**overrides: object) -> Settings:
     # _env_file=None: only what the test passes (and the environment) counts, not the project's .env.
@@ -54,3 +69,105 @@ def test_placeholder_secret_is_refused_in_production() -> None:
 
 def test_placeholder_secret_is_allowed_in_development() -> None:
     assert make(environment="development", redis_url="redis://:change-me@localhost:6379/0").redis_url
+
+
+def test_tls_urls_verify_the_server_by_default(tmp_path) -> None:
+    import ssl
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text(TEST_CA_PEM)
+    settings = make(redis_url="rediss://:s3cret@redis.example.com:6380/0", ssl_ca_certs=str(ca))
+    expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca), "ssl_check_hostname": True}
+    assert settings.redis_ssl(settings.redis_url) == expected
+{%- if cookiecutter.broker == "rabbitmq" %}
+    amqps = make(broker_url="amqps://celery:s3cret@rabbitmq.example.com:5671/vhost")
+    # server_hostname None: kombu fills in the URL's host, so py-amqp checks the certificate's host name too.
+    assert amqps.broker_use_ssl == {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": None, "server_hostname": None}
+{%- else %}
+    assert settings.broker_use_ssl == expected
+{%- endif %}
+
+
+def test_plain_urls_get_no_tls_options() -> None:
+    # TLS options would switch a redis:// connection to TLS in kombu and Celery's result backend.
+    settings = make(redis_url="redis://localhost:6379/0")
+    assert settings.redis_ssl(settings.redis_url) is None
+{%- if cookiecutter.broker == "redis" %}
+    assert settings.broker_use_ssl is None
+{%- endif %}
+
+
+# Any ssl* parameter on a TLS URL, whatever it says: the libraries read them differently (redis-py takes "no" as false
+# and the first of a repeated key; kombu rebuilds a rediss:// broker's options from the URL alone, dropping the CA and
+# the host name check; `?ssl=true` replaces the whole amqps:// option dict).
+TLS_URL_PARAMETERS = {
+    "ssl_cert_reqs=none": "ssl_cert_reqs",
+    "ssl_cert_reqs=CERT_OPTIONAL": "ssl_cert_reqs",
+    "ssl_check_hostname=false": "ssl_check_hostname",
+    "ssl_check_hostname=no": "ssl_check_hostname",
+    "ssl_cert_reqs=none&ssl_cert_reqs=required": "ssl_cert_reqs",
+    "ssl_cert_reqs=required": "ssl_cert_reqs",
+    "SSL_CA_CERTS=/tmp/ca.pem": "SSL_CA_CERTS",
+    "ssl=true": "ssl",
+}
+
+
+@pytest.mark.parametrize("query", sorted(TLS_URL_PARAMETERS))
+@pytest.mark.parametrize(
+    ("field", "variable", "scheme"),
+    [
+        ("redis_url", "REDIS_URL", "rediss"),
+        ("broker_url", "CELERY_BROKER_URL", "{{ "amqps" if cookiecutter.broker == "rabbitmq" else "rediss" }}"),
+        ("result_backend", "CELERY_RESULT_BACKEND", "rediss"),
+        ("redbeat_redis_url", "CELERY_REDBEAT_REDIS_URL", "rediss"),
+    ],
+)
+def test_tls_url_with_ssl_parameters_is_refused(query: str, field: str, variable: str, scheme: str) -> None:
+    urls = {field: f"{scheme}://:s3cret-password@db.example.com:6380/0?{query}"}
+    with pytest.raises(ValidationError) as refused:
+        make(**{"redis_url": "rediss://db.example.com:6380/0", **urls})
+    message = str(refused.value)
+    assert f"{variable} has the URL parameter {TLS_URL_PARAMETERS[query]!r}" in message
+    assert "TLS options come from CELERY_SSL_CA_CERTS" in message and "CELERY_SSL_INSECURE_SKIP_VERIFY=true" in message
+    assert "s3cret-password" not in message
+
+
+def test_each_url_of_a_failover_list_is_checked() -> None:
+    with pytest.raises(ValidationError, match="REDIS_URL has the URL parameter 'ssl_check_hostname'"):
+        make(redis_url="rediss://a.example.com:6380/0;rediss://b.example.com:6380/0?ssl_check_hostname=no")
+
+
+def test_plain_urls_may_carry_ssl_named_parameters() -> None:
+    # redis:// and amqp:// do not speak TLS: their parameters are not TLS options, so they are left alone.
+    assert make(redis_url="redis://localhost:6379/0?ssl_cert_reqs=none").redis_url
+
+
+def test_settings_errors_do_not_show_secrets() -> None:
+    # pydantic puts the refused input into its error (and str() of it): a URL or password must never reach a log.
+    with pytest.raises(ValidationError) as refused:
+        make(environment="production", redis_url="rediss://:hunter2-hunter2-hunter2@db.example.com:6380/0?ssl=1")
+    assert "hunter2" not in str(refused.value) and "hunter2" not in repr(refused.value)
+    with pytest.raises(ValidationError) as refused:
+        make(task_time_limit="hunter2-hunter2")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_verification_off_only_with_the_loud_setting() -> None:
+    import ssl
+
+    settings = make(redis_url="rediss://redis.example.com:6380/0?ssl_cert_reqs=none", ssl_insecure_skip_verify=True)
+    assert settings.redis_ssl(settings.redis_url)["ssl_cert_reqs"] == ssl.CERT_NONE
+
+
+def test_missing_ca_bundle_is_refused(tmp_path) -> None:
+    with pytest.raises(ValidationError, match=r"CELERY_SSL_CA_CERTS .* is not a file"):
+        make(redis_url="rediss://redis.example.com:6380/0", ssl_ca_certs=str(tmp_path / "missing.pem"))
+
+
+@pytest.mark.parametrize("content", [b"", b"0\x82\x01\x0a\x02\x82\x01\x01\x00", b"-----BEGIN CERTIFICATE-----\n"])
+def test_a_ca_bundle_without_pem_certificates_is_refused(tmp_path, content: bytes) -> None:
+    # Empty, DER (binary) or cut short: every TLS connection would fail later with a less clear error.
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(content)
+    with pytest.raises(ValidationError, match=r"CELERY_SSL_CA_CERTS .* holds no usable PEM certificate"):
+        make(redis_url="rediss://redis.example.com:6380/0", ssl_ca_certs=str(ca))

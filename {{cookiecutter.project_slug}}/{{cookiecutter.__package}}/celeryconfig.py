@@ -10,6 +10,12 @@ from .settings import settings
 
 broker_url = settings.broker_url
 result_backend = settings.result_backend
+# TLS for rediss:// and amqps:// (settings.py): the server certificate is verified against CELERY_SSL_CA_CERTS (or
+# the system CAs) and must name the URL's host. Without these, kombu connects to rediss:// with CERT_NONE, Celery's
+# result backend refuses rediss:// at start, and py-amqp checks amqps:// certificates without their host name.
+# None for plain URLs: these options switch a redis:// connection to TLS in kombu and Celery's backend.
+broker_use_ssl = settings.broker_use_ssl
+redis_backend_use_ssl = settings.redis_ssl(settings.result_backend)
 # Retry the broker connection at start instead of exiting, so a worker started before its broker waits for it.
 broker_connection_retry_on_startup = True
 # None: keep retrying while the broker is away (a worker that gives up becomes a crash loop in the orchestrator).
@@ -92,6 +98,8 @@ enable_utc = True
 beat_scheduler = "redbeat.RedBeatScheduler"
 beat_schedule = _beat_schedule()
 redbeat_redis_url = settings.redbeat_redis_url
+# RedBeat's own TLS options (it falls back to broker_use_ssl, which for RabbitMQ holds py-amqp's, not redis-py's).
+redbeat_redis_use_ssl = settings.redis_ssl(settings.redbeat_redis_url)
 # Set explicitly: otherwise RedBeat falls back to broker_transport_options (deprecated) and warns at every start.
 redbeat_redis_options = {"health_check_interval": 30}
 redbeat_key_prefix = settings.redbeat_key_prefix

@@ -32,7 +32,8 @@ def check_beat() -> str | None:
 
     from .settings import settings
 
-    client = redis.Redis.from_url(settings.redbeat_redis_url, socket_timeout=3)
+    tls = settings.redis_ssl(settings.redbeat_redis_url) or {}
+    client = redis.Redis.from_url(settings.redbeat_redis_url, socket_timeout=3, **tls)
     try:
         ttl = client.pttl(settings.redbeat_lock_key) / 1000
     except redis.RedisError as exc:
@@ -55,13 +56,23 @@ def check_broker(wait: float) -> str | None:
     deadline = time.monotonic() + wait
     while True:
         try:
-            with Connection(settings.broker_url, connect_timeout=3) as connection:
+            # ssl: the same verified TLS options as the workers' (False for a plain URL).
+            with Connection(settings.broker_url, ssl=settings.broker_use_ssl or False, connect_timeout=3) as connection:
                 connection.ensure_connection(max_retries=1)
             return None
         except Exception as exc:
             if time.monotonic() >= deadline:
-                return f"broker unreachable after {wait:.0f}s: {exc}"
+                return f"broker unreachable after {wait:.0f}s: {exc}{_tls_hint(exc)}"
             time.sleep(1)
+
+
+def _tls_hint(exc: Exception) -> str:
+    if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+        return ""
+    return (
+        " (the server's certificate must be signed by a CA in CELERY_SSL_CA_CERTS, or the system's when unset, "
+        "and name the host in the URL)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

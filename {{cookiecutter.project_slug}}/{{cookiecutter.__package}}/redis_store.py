@@ -9,8 +9,10 @@ from .settings import settings
 
 @cache
 def client() -> redis.Redis:
-    # One pooled client per process; decode_responses so callers get str, not bytes.
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    # One pooled client per process; decode_responses so callers get str, not bytes. TLS options as every other
+    # client's (settings.redis_ssl: verification on for rediss://).
+    tls = settings.redis_ssl(settings.redis_url) or {}
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30, **tls)
 
 
 def key(*parts: str) -> str:

@@ -6,8 +6,11 @@ conventional names (`REDIS_URL`). `.env.example` documents every variable.
 """
 
 import re
+import ssl
 import zoneinfo
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -16,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # The value `.env.example` ships for secrets; the post-generation hook replaced it in your `.env`.
 PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
+# URL schemes that connect over TLS: their TLS options come from settings (redis_ssl, broker_use_ssl), never the URL.
+TLS_SCHEMES = {"rediss", "amqps"}
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -25,7 +30,10 @@ def _unprefixed(name: str) -> FieldInfo:
 
 class Settings(BaseSettings):
     # .run/dev.env exists only while `make dev` runs; it holds the URLs of the servers that started.
-    model_config = SettingsConfigDict(env_prefix="CELERY_", env_file=(".env", ".run/dev.env"), extra="ignore")
+    # hide_input_in_errors: a refused value (a URL with its password) is never copied into the error or a log.
+    model_config = SettingsConfigDict(
+        env_prefix="CELERY_", env_file=(".env", ".run/dev.env"), extra="ignore", hide_input_in_errors=True
+    )
 
     # development allows placeholder secrets and local defaults; anything else refuses them.
     environment: Literal["development", "staging", "production"] = Field(
@@ -48,6 +56,13 @@ class Settings(BaseSettings):
 {%- endif %}
     # Defaults to REDIS_URL.
     result_backend: str | None = None
+    # TLS: rediss:// and amqps:// URLs connect over TLS, and every client (broker, results, RedBeat, this project's
+    # own Redis client, the exporter, health checks, Flower) verifies the server's certificate chain AND that it names
+    # the URL's host. PEM file of the CA(s) that signed the servers' certificates; None: the system's CA store.
+    ssl_ca_certs: str | None = None
+    # The only way to connect to a TLS server without verifying it (a self-signed test server): anyone on the network
+    # path can then read and change every task. Settings refuse any ssl* parameter on a TLS URL unless this is true.
+    ssl_insecure_skip_verify: bool = False
 
     # The first queue is the default: tasks without a route go there.
     queues: Annotated[list[str], NoDecode] = [
@@ -116,6 +131,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"queue name {name!r} must match [a-z0-9_-]+")
         return names
 
+    @field_validator("ssl_ca_certs")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None  # `CELERY_SSL_CA_CERTS=` in .env means the system's CA store, not a file named ""
+
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, name: str) -> str:
@@ -173,6 +193,59 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_tls(self) -> "Settings":
+        if self.ssl_ca_certs:
+            if not Path(self.ssl_ca_certs).is_file():
+                raise ValueError(
+                    f"CELERY_SSL_CA_CERTS {self.ssl_ca_certs!r} is not a file: point it at the CA file (PEM)"
+                )
+            try:  # the same loader every client uses: an empty, DER or cut-short file fails here, not at connect
+                ssl.create_default_context(cafile=self.ssl_ca_certs)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"CELERY_SSL_CA_CERTS {self.ssl_ca_certs!r} holds no usable PEM certificate ({exc.reason or exc}): "
+                    "give the CA file in PEM (-----BEGIN CERTIFICATE-----; `openssl x509 -inform der` converts DER)"
+                ) from None
+        if self.ssl_insecure_skip_verify:
+            return self
+        # An allowlist, not a list of bad values: on a TLS URL no ssl* parameter is accepted, whatever it says. The
+        # libraries read them differently from each other (redis-py takes "no" as false and the first of a repeated
+        # key; any ssl_* on a rediss:// broker makes kombu rebuild its options from the URL alone, dropping the CA
+        # and the host name check; `ssl=true` on amqps:// replaces broker_use_ssl), so none can be trusted to add to
+        # the verified options. Every str field is checked, so a URL setting added later is covered too.
+        for name, value in self:
+            # Each URL of a kombu failover list ("amqps://a;amqps://b") on its own.
+            urls = [urlsplit(part) for part in value.split(";")] if isinstance(value, str) and "://" in value else []
+            queries = [url.query for url in urls if url.scheme.lower() in TLS_SCHEMES]
+            for key, _ in (pair for query in queries for pair in parse_qsl(query, keep_blank_values=True)):
+                if key.lower().startswith("ssl"):
+                    raise ValueError(
+                        f"{_env_name(name)} has the URL parameter {key!r}: TLS options come from CELERY_SSL_CA_CERTS "
+                        "(verification is always on); remove it, or set CELERY_SSL_INSECURE_SKIP_VERIFY=true"
+                    )
+        return self
+
+    def redis_ssl(self, url: str | None) -> dict[str, Any] | None:
+        """redis-py's TLS options for a rediss:// URL (None for redis://): for kombu, Celery, RedBeat and redis-py."""
+        if urlsplit(url or "").scheme != "rediss":
+            return None  # these options would switch a redis:// connection to TLS in kombu and Celery's backend
+        if self.ssl_insecure_skip_verify:
+            return {"ssl_cert_reqs": ssl.CERT_NONE, "ssl_check_hostname": False}
+        # Spelled out: kombu's own default for rediss:// is CERT_NONE, and Celery's backend refuses to guess.
+        return {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": self.ssl_ca_certs, "ssl_check_hostname": True}
+
+    @property
+    def broker_use_ssl(self) -> dict[str, Any] | None:
+        """Celery's broker_use_ssl: redis-py's options for rediss://, py-amqp's for amqps://, None without TLS."""
+        if urlsplit(self.broker_url or "").scheme != "amqps":
+            return self.redis_ssl(self.broker_url)
+        if self.ssl_insecure_skip_verify:
+            return {"cert_reqs": ssl.CERT_NONE}
+        # server_hostname None: kombu fills in the URL's host, which turns on SNI and the host name check (py-amqp
+        # checks the host name only when it is given one; plain amqps:// verifies the chain alone).
+        return {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": self.ssl_ca_certs, "server_hostname": None}
+
     @property
     def redbeat_key_prefix(self) -> str:
         return f"{self.key_prefix}:redbeat:"
@@ -190,6 +263,12 @@ class Settings(BaseSettings):
             if PLACEHOLDER_SECRET in (getattr(self, name) or ""):
                 raise ValueError(f"{name} still holds the placeholder secret {PLACEHOLDER_SECRET!r}; set a real one")
         return self
+
+
+def _env_name(field: str) -> str:
+    """The environment variable a field is read from (REDIS_URL, CELERY_BROKER_URL...)."""
+    alias = Settings.model_fields[field].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"CELERY_{field.upper()}"
 
 
 settings = Settings()
