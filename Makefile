@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+# Two pytest processes: boot tests mostly wait on servers, so two of them share 2 cores well (tests/conftest.py keeps
+# tests that share an installed project on one process).
+PYTEST_JOBS ?= 2
 
 .PHONY: help bootstrap demo test test-fast lint clean
 
@@ -15,7 +18,7 @@ demo: bootstrap  ## render a project into build/demo, boot Redis and a worker pe
 	$(VENV)/bin/python tools/demo.py $(ARGS)
 
 test: bootstrap  ## every test: hooks, render matrix, and the boot tier against real servers
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: bootstrap  ## hooks and render matrix only (seconds)
 	$(VENV)/bin/python -m pytest -m "not boot" $(PYTEST_ARGS)
