@@ -1,6 +1,7 @@
 """Guards (guards.py) in isolation: the payload size limit, and refused messages recorded as dead letters."""
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ from {{ cookiecutter.__package }} import deadletters, guards
 from {{ cookiecutter.__package }}.celery_app import app
 from {{ cookiecutter.__package }}.settings import settings
 from {{ cookiecutter.__package }}.tasks.orders import process_order
+from {{ cookiecutter.__package }}.tasks.prices import fetch_price
 
 
 @pytest.fixture
@@ -88,3 +90,31 @@ def test_an_unknown_task_keeps_its_arguments_for_replay(fake_redis: fakeredis.Fa
     [entry] = deadletters.entries()
     assert (entry["id"], entry["task"], entry["args"], entry["kwargs"]) == ("id-2", "not.deployed.yet", ["a"], {"b": 1})
     assert entry["reason"].startswith("NotRegistered: no task named 'not.deployed.yet'")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"countdown": 30 * 86_400},
+        {"eta": datetime.now(UTC) + timedelta(days=30)},
+        {"eta": datetime.now(UTC).replace(tzinfo=None) + timedelta(days=30)},  # naive: read as UTC, as Celery does
+        {"eta": (datetime.now(UTC) + timedelta(days=30)).isoformat()},
+    ],
+    ids=["countdown", "eta", "naive-eta", "iso-eta"],
+)
+def test_a_countdown_beyond_the_limit_is_refused_before_publishing(when: dict) -> None:
+    # Raised before any broker connection: nothing is sent.
+    limit = rf"over the {settings.max_countdown}s limit \(CELERY_MAX_COUNTDOWN\)"
+    with pytest.raises(guards.CountdownTooLong, match=limit):
+        process_order.apply_async(args=[{"order_id": "o-1"}], **when)
+
+
+def test_a_countdown_at_the_limit_passes() -> None:
+    guards.check_countdown("some.task", countdown=settings.max_countdown)
+    guards.check_countdown("some.task", eta=datetime.now(UTC) + timedelta(seconds=settings.max_countdown - 5))
+
+
+def test_a_retry_beyond_the_limit_is_refused() -> None:
+    # Refused before Celery publishes the retry (an error there would drop the message without a dead letter).
+    with pytest.raises(guards.CountdownTooLong, match="CELERY_MAX_COUNTDOWN"):
+        fetch_price.retry(countdown=settings.max_countdown + 1)

@@ -13,14 +13,20 @@ The payload size is checked twice:
   whatever a signal receiver raises (celery/utils/dispatch/signal.py), so such a check could not stop the message.
 - in the worker, in `GuardedRequest`, for what bypasses `apply_async`: `send_task` by name, other producers.
 
+A countdown/ETA beyond CELERY_MAX_COUNTDOWN is refused in `GuardedTask.apply_async` and `GuardedTask.retry`
+(CountdownTooLong, nothing sent): the broker timeouts are sized from that limit (settings.py), and a task waiting
+longer is redelivered while it waits and runs twice.
+
 Imported by celery_app.py (which connects the handlers) and by deadletters.py (the task base class).
 """
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task, signals
 from celery.exceptions import InvalidTaskError
+from celery.utils.time import maybe_iso8601
 from celery.worker.request import Request
 from kombu.serialization import dumps
 
@@ -41,6 +47,29 @@ def check_payload_size(task_name: str, size: int) -> None:
         )
 
 
+class CountdownTooLong(ValueError):
+    """A countdown/ETA beyond CELERY_MAX_COUNTDOWN."""
+
+
+def check_countdown(task_name: str, countdown: Any = None, eta: Any = None) -> None:
+    """Refuse a countdown/ETA further ahead than CELERY_MAX_COUNTDOWN: the broker would redeliver it while it waits
+    (the Redis visibility timeout is sized from the limit, settings.py) and the task would run twice."""
+    if eta is not None:
+        when = maybe_iso8601(eta) if isinstance(eta, str) else eta
+        if when.tzinfo is None:  # Celery reads a naive ETA as UTC (enable_utc)
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    elif countdown is not None:
+        seconds = float(countdown)
+    else:
+        return
+    if seconds > settings.max_countdown:
+        raise CountdownTooLong(
+            f"{task_name} is scheduled {seconds:.0f}s ahead, over the {settings.max_countdown}s limit "
+            "(CELERY_MAX_COUNTDOWN): schedule it with beat, or raise the limit (settings.py sizes the broker from it)"
+        )
+
+
 class GuardedRequest(Request):
     """The worker's view of one message; refuses an oversized one before it is handed to the pool."""
 
@@ -58,7 +87,14 @@ class GuardedTask(Task):
         # Measured as it will be serialized; the headers kombu adds are not counted (a few hundred bytes).
         _, _, body = dumps((args or (), kwargs or {}), serializer=options.get("serializer") or self.serializer)
         check_payload_size(self.name, len(body))
+        check_countdown(self.name, options.get("countdown"), options.get("eta"))
         return super().apply_async(args, kwargs, *rest, **options)
+
+    def retry(self, *args: Any, countdown: Any = None, eta: Any = None, **options: Any) -> Any:
+        # Checked before Celery's retry publishes: an error raised while it publishes becomes Reject(requeue=False),
+        # which drops the message without a dead letter. Raised here, the task fails and is dead-lettered.
+        check_countdown(self.name, countdown, eta)
+        return super().retry(*args, countdown=countdown, eta=eta, **options)
 
 
 def _dead_letter(message: Any, task_id: str, task_name: str, args: Any, kwargs: Any, reason: str) -> None:

@@ -56,8 +56,27 @@ class Settings(BaseSettings):
     # Soft limit raises SoftTimeLimitExceeded inside the task so it can clean up; the hard limit kills the process.
     task_soft_time_limit: int = 240
     task_time_limit: int = 300
-    # The longest countdown/ETA any code in this project schedules; the Redis visibility timeout is sized from it.
+    # The longest countdown/ETA a task may be sent with: a longer one is refused when it is sent or retried
+    # (guards.py), because the broker limits below are sized from it. Schedule further ahead with beat.
     max_countdown: int = 3600
+    # The largest prefetch multiplier any worker uses (queues.py profiles, CELERY_WORKER_PREFETCH_MULTIPLIER may not
+    # exceed it): a prefetched message waits up to this many task runs in a worker's buffer, unacknowledged.
+    max_prefetch_multiplier: int = 4
+    # How many countdown/ETA tasks one worker holds in memory at most; past it the worker fetches nothing more until
+    # some come due (Celery's worker_eta_task_limit caps the prefetch count it raises for each held ETA task).
+{%- if cookiecutter.broker == "redis" %}
+    # Redis hands a countdown task to a worker at once and the visibility timeout runs from then on; past this limit
+    # the rest wait in the queue, where no clock runs against them, and a worker's memory stays bounded.
+{%- else %}
+    # Native delayed delivery keeps waiting tasks in RabbitMQ, so a worker holds only the few that are due; the limit
+    # bounds memory if a message bypasses it (published to another exchange with an ETA header).
+{%- endif %}
+    worker_eta_task_limit: int = 1000
+{%- if cookiecutter.broker == "rabbitmq" %}
+    # RabbitMQ's own `consumer_timeout` (rabbitmq.conf, 30 min by default), as set on your server: a delivery left
+    # unacknowledged longer than this closes the worker's channel and the message is redelivered. See the rule below.
+    consumer_timeout: int = 1800
+{%- endif %}
     # None: computed by the rule in `_size_visibility_timeout`. Only the Redis broker uses it.
     visibility_timeout: int | None = None
     # One day: long enough for callers to read a result, short enough that Redis does not fill up.
@@ -144,18 +163,59 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_prefetch(self) -> "Settings":
+        prefetch = self.worker_prefetch_multiplier
+        if prefetch is not None and prefetch > self.max_prefetch_multiplier:
+            raise ValueError(
+                f"CELERY_WORKER_PREFETCH_MULTIPLIER ({prefetch}) must not exceed CELERY_MAX_PREFETCH_MULTIPLIER "
+                f"({self.max_prefetch_multiplier}): the broker timeouts are sized from it"
+            )
+        return self
+
+    def longest_unacknowledged(self, countdown: int) -> int:
+        """How long a worker may hold a delivery unacknowledged: the countdown it waits for, then up to
+        max_prefetch_multiplier task runs ahead of it in the worker's buffer, then its own run (hard time limit)."""
+        return countdown + (self.max_prefetch_multiplier + 1) * self.task_time_limit
+{%- if cookiecutter.broker == "rabbitmq" %}
+
+    @model_validator(mode="after")
+    def _check_consumer_timeout(self) -> "Settings":
+        # The rule: RabbitMQ closes the channel of a worker that holds a delivery unacknowledged for longer than
+        # consumer_timeout, and redelivers the message (the task runs twice). Countdowns do not count against it:
+        # with native delayed delivery (topic exchanges, queues.py) a waiting task stays in RabbitMQ's delay queues
+        # and reaches a worker when it is due (up to 1 s early). So CELERY_MAX_COUNTDOWN may exceed consumer_timeout;
+        # it is capped by what native delayed delivery can express (2**28 - 1 s), and the buffer wait plus the run
+        # must stay under consumer_timeout. https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout
+        if self.max_countdown >= 2**28:
+            raise ValueError(
+                f"CELERY_MAX_COUNTDOWN ({self.max_countdown}) must be below 2**28 s, the longest delay RabbitMQ's "
+                "native delayed delivery can hold; schedule further ahead with beat"
+            )
+        held = self.longest_unacknowledged(countdown=1)
+        if held >= self.consumer_timeout and self.environment != "development":
+            raise ValueError(
+                f"CELERY_CONSUMER_TIMEOUT ({self.consumer_timeout}, RabbitMQ's consumer_timeout) must exceed "
+                f"(CELERY_MAX_PREFETCH_MULTIPLIER + 1) x CELERY_TASK_TIME_LIMIT ({held}): raise consumer_timeout in "
+                "rabbitmq.conf, or lower the prefetch or the time limit"
+            )
+        return self
+{%- endif %}
+
+    @model_validator(mode="after")
     def _size_visibility_timeout(self) -> "Settings":
         # The rule: Redis hands an unacknowledged message to another worker after `visibility_timeout`. With acks_late
-        # a message stays unacknowledged while it waits for its ETA *and* while it runs, so the timeout must exceed the
-        # longest countdown plus the hard time limit, or the task runs twice. The 5-minute margin covers the time a
-        # prefetched message waits in a busy worker's buffer. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
-        minimum = self.max_countdown + self.task_time_limit
+        # a message stays unacknowledged while it waits for its ETA, while it waits in the worker's prefetch buffer
+        # behind up to max_prefetch_multiplier other tasks, and while it runs; the timeout must exceed all three, or
+        # the task runs twice. CELERY_MAX_COUNTDOWN is enforced at publish time (guards.py), so no countdown exceeds
+        # it. The 60 s margin covers clock differences between hosts and kombu's restore interval. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+        minimum = self.longest_unacknowledged(self.max_countdown)
         if self.visibility_timeout is None:
-            self.visibility_timeout = minimum + 300
+            self.visibility_timeout = minimum + 60
         elif self.visibility_timeout <= minimum and self.environment != "development":
             raise ValueError(
                 f"CELERY_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed CELERY_MAX_COUNTDOWN + "
-                f"CELERY_TASK_TIME_LIMIT ({minimum}), or Redis redelivers tasks that are still waiting or running"
+                f"(CELERY_MAX_PREFETCH_MULTIPLIER + 1) x CELERY_TASK_TIME_LIMIT ({minimum}), or Redis redelivers "
+                "tasks that are still waiting or running"
             )
         return self
 

@@ -28,5 +28,6 @@ def quote(pair: str) -> Decimal:
     max_retries=5,
 )
 def fetch_price(pair: str) -> str:
+    # A re-run is harmless: reading a quote changes nothing upstream, and the later result overwrites the earlier one.
     # Serialized as a string: JSON has no Decimal, and a float would round the price.
     return str(quote(pair))
