@@ -94,8 +94,9 @@ def run_once(task: Task, name: str, effect: Callable[[], Any]) -> bool:
     if state is Claim.DONE:
         return False
     if state is Claim.BUSY:
-        # Another delivery is working on it, or died holding the claim: look again once a quarter of the TTL passed.
-        raise task.retry(countdown=max(1, ttl // 4))
+        # Another delivery is working on it, or died holding the claim: look again once a quarter of the TTL passed
+        # (within CELERY_MAX_COUNTDOWN, which refuses longer countdowns).
+        raise task.retry(countdown=max(1, min(ttl // 4, settings.max_countdown)))
     try:
         effect()
     except BaseException:
