@@ -1,5 +1,6 @@
-"""Boot tier, message lifecycle: countdowns that do not block a worker, countdowns beyond the limit refused, and no
-double side effect when the broker connection drops mid-task.
+"""Boot tier, message lifecycle: countdowns that do not block a worker, countdowns beyond the limit refused and ones
+near it that fall due together run once, no double side effect when the broker connection drops mid-task, and (on
+RabbitMQ) a rolling deploy over the direct exchanges earlier versions declared.
 
 Runs on a stack of its own per broker (rendered as "Delivery <broker>"): the tests start workers with shortened
 limits through the environment and cut broker connections, which the session `booted` stack must not see. Workers
@@ -164,20 +165,46 @@ print(json.dumps({{"delayed": delayed_at, "now": now_at}}))
     assert abs(offset) <= 2, f"the delayed task ran {offset:+.2f}s from its due time"
 
 
-# --- 2. Countdowns beyond CELERY_MAX_COUNTDOWN are refused -----------------------------------------------------
+# --- 2. Countdowns beyond CELERY_MAX_COUNTDOWN are refused; ones near it that fall due together run once ------
 
-# Shortened through the environment (development accepts them): the limit, and a visibility timeout just above the
-# rule's minimum of MAX_COUNTDOWN + (MAX_PREFETCH_MULTIPLIER + 1) x TASK_TIME_LIMIT = 6 + 5 x 2 = 16 s.
+# Shortened through the environment; the visibility timeout is left to the rule (settings.py):
+# MAX_COUNTDOWN + (ceil(max(WORKER_ETA_TASK_LIMIT, MAX_PREFETCH_MULTIPLIER x 1) / 1) + 1) x TASK_TIME_LIMIT + MARGIN
+# = 6 + (10 + 1) x 4 + 2 = 52 s. The rule before it counted only the prefetch: 6 + (4 + 1) x 4 + 2 = 28 s.
 SHORT = {
     "CELERY_MAX_COUNTDOWN": "6",
-    "CELERY_TASK_TIME_LIMIT": "2",
-    "CELERY_TASK_SOFT_TIME_LIMIT": "1",
-    "CELERY_VISIBILITY_TIMEOUT": "17",
+    "CELERY_TASK_TIME_LIMIT": "4",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "3",
+    "CELERY_WORKER_ETA_TASK_LIMIT": "10",
+    "CELERY_VISIBILITY_MARGIN": "2",
 }
+BUNCH = 10  # tasks due together: as many as one worker may hold (WORKER_ETA_TASK_LIMIT)
+RUN_SECONDS = 2.5  # each, under the soft limit: together they run 25 s, past the old rule's 28 s from delivery
+
+# A fleet of workers sweeps the unacknowledged index often (each worker every 100 s by default); this one sweeps
+# every second with the project's own settings, so a visibility timeout that is too short shows within the test.
+SWEEP = """
+from {package}.celery_app import app
+from {package}.redis_store import client
+sweeps = 0
+deadline = time.time() + {timeout}
+with app.connection_for_write() as connection:
+    channel = connection.default_channel
+    done_since = None
+    while time.time() < deadline:
+        channel.qos.restore_visible(num=1000, interval=1)
+        sweeps += 1
+        runs = [json.loads(raw)["key"] for raw in client().lrange({runs_key!r}, 0, -1)]
+        if len({{key for key in runs if key.startswith({prefix!r})}}) >= {count}:
+            done_since = done_since or time.time()
+            if time.time() - done_since > 5:  # a restored copy would be taken and run within this
+                break
+        time.sleep(1)
+print(json.dumps({{"sweeps": sweeps, "visibility_timeout": channel.visibility_timeout}}))
+"""
 
 
-def test_countdown_over_the_limit_is_refused_and_one_near_it_runs_once(workers: Stack) -> None:
-    queue = workers.project.queues[1]
+def test_countdown_over_the_limit_is_refused_and_near_ones_due_together_run_once(workers: Stack) -> None:
+    queue = workers.project.queues[1]  # prefetch 1, one process: held tasks queue up behind each other
     tag = uuid.uuid4().hex[:6]
     package = workers.project.package
     # No worker yet: whatever the refused publish sent would stay in the broker, countable.
@@ -200,22 +227,49 @@ except Exception as exc:
 
     worker = workers.worker(queue, "eta-limit", SHORT)
     worker.wait_for_log("ready.")
+    # Under a second: RabbitMQ's native delayed delivery routes by whole seconds and refused 0 (ValueError).
+    workers.client(
+        f"""
+from {package}.tasks.diagnostics import record_run
+record_run.apply_async(args=["subsecond-{tag}"], countdown=0.4, queue="{queue}")
+print(json.dumps(True))
+""",
+        env=SHORT,
+    )
+    wait_until(lambda: workers.runs(f"subsecond-{tag}"), 60, "the task sent with countdown=0.4")
+
     sent_at = workers.client(
         f"""
 from {package}.tasks.diagnostics import record_run
-record_run.apply_async(args=["near-{tag}"], countdown=5, queue="{queue}")
+for i in range({BUNCH}):
+    record_run.apply_async(args=[f"near-{tag}-{{i}}", {RUN_SECONDS}], countdown=5, queue="{queue}")
 print(json.dumps(time.time()))
 """,
         env=SHORT,
     )
-    wait_until(lambda: workers.runs(f"near-{tag}"), 60, "the task near the limit")
-    # Past the visibility timeout counted from its delivery, plus time for kombu to restore an unacknowledged message.
-    settle = sent_at + int(SHORT["CELERY_VISIBILITY_TIMEOUT"]) + 8 - time.time()
-    time.sleep(max(0.0, settle) if workers.broker == "redis" else 2)
-    runs = workers.runs(f"near-{tag}")
-    late = runs[0]["at"] - sent_at
-    print(f"{workers.broker}: countdown=5 (limit 6) ran {len(runs)} time(s), {late:.2f}s after it was sent")
-    assert len(runs) == 1, f"the task near the limit ran {len(runs)} times"
+    keys = [f"near-{tag}-{i}" for i in range(BUNCH)]
+    timeout = 5 + BUNCH * RUN_SECONDS + 90
+    if workers.broker == "redis":
+        program = SWEEP.format(
+            package=package, timeout=timeout, runs_key=workers.runs_key, prefix=f"near-{tag}-", count=BUNCH
+        )
+        swept = workers.client(program, env=SHORT, timeout=timeout + 60)
+    else:
+        swept = {}
+        wait_until(lambda: all(workers.runs(key) for key in keys), timeout, f"{BUNCH} tasks due together")
+        time.sleep(2)
+    runs = {key: workers.runs(key) for key in keys}
+    last = max(run["at"] for key in keys for run in runs[key]) - sent_at
+    print(
+        f"{workers.broker}: {BUNCH} tasks with countdown=5 (limit 6) due together on a prefetch-1 one-process worker, "
+        f"{RUN_SECONDS}s each; last finished {last:.1f}s after sending; runs per task "
+        f"{sorted(len(r) for r in runs.values())}; {swept or 'no sweeps (RabbitMQ)'}; countdown=0.4 ran "
+        f"{len(workers.runs(f'subsecond-{tag}'))} time(s)"
+    )
+    assert all(runs.values()), f"tasks that never ran: {[key for key, r in runs.items() if not r]}"
+    twice = [key for key, r in runs.items() if len(r) > 1]
+    assert not twice, f"tasks that ran twice: {twice}"
+    assert len(workers.runs(f"subsecond-{tag}")) == 1
     assert worker.popen.poll() is None
 
 
@@ -269,3 +323,58 @@ print(json.dumps(record_once.delay("{key}", {WORK_AFTER_EFFECT}).id))
     assert deliveries >= 2, "the drop did not cause a redelivery: nothing was tested"
     assert worker.count(f"record_once[{task_id}] succeeded") >= 2, "a delivery did not finish"
     assert worker.popen.poll() is None, "the worker exited"
+
+
+# --- 4. RabbitMQ: a rolling deploy over the direct exchanges of earlier versions ---------------------------------
+
+
+def test_new_workers_publish_and_consume_next_to_the_old_direct_exchange(workers: Stack) -> None:
+    """Earlier versions declared each queue's exchange as direct, named like the queue. Old processes keep using it
+    during a rolling deploy; new ones must neither fail to declare theirs (PRECONDITION_FAILED) nor miss messages."""
+    if workers.broker != "rabbitmq":
+        pytest.skip("exchanges are a RabbitMQ matter")
+    queue = workers.project.queues[-1]
+    tag = uuid.uuid4().hex[:6]
+    package = workers.project.package
+    # As the previous version did, through kombu: the quorum queue bound to a direct exchange of its own name, and a
+    # task published through that exchange by an "old" process (the same message Celery sends, routed the old way).
+    workers.client(
+        f"""
+from kombu import Exchange, Queue
+from {package}.celery_app import app
+from {package}.queues import TASK_QUEUES
+from {package}.tasks.diagnostics import record_run
+new = next(q for q in TASK_QUEUES if q.name == "{queue}")
+old_exchange = Exchange("{queue}", type="direct")
+with app.connection_for_write() as connection:
+    Queue("{queue}", old_exchange, routing_key="{queue}", queue_arguments=new.queue_arguments)(
+        connection.default_channel
+    ).declare()
+record_run.apply_async(args=["old-{tag}"], exchange="{queue}", routing_key="{queue}")
+print(json.dumps(True))
+"""
+    )
+    worker = workers.worker(queue, "upgrade")
+    worker.wait_for_log("ready.")
+    published = workers.client(
+        f"""
+from {package}.tasks.diagnostics import record_run
+try:
+    record_run.apply_async(args=["new-{tag}"], queue="{queue}")
+    record_run.apply_async(args=["delayed-{tag}"], countdown=2, queue="{queue}")
+    print(json.dumps("published"))
+except Exception as exc:
+    print(json.dumps(f"{{type(exc).__name__}}: {{exc}}"))
+"""
+    )
+    assert published == "published", published
+    for key in (f"old-{tag}", f"new-{tag}", f"delayed-{tag}"):
+        wait_until(lambda key=key: workers.runs(key), 60, key)
+    bindings = workers.rabbitmqctl("list_bindings", "source_name", "destination_name")
+    print(
+        f"rabbitmq: old direct exchange and new topic exchange side by side: old-style, new and delayed task each ran "
+        f"{[len(workers.runs(k)) for k in (f'old-{tag}', f'new-{tag}', f'delayed-{tag}')]} time(s); queue "
+        f"{queue!r} bound from {sorted({line.split()[0] for line in bindings.splitlines() if line.endswith(queue)})}"
+    )
+    assert worker.count("PRECONDITION_FAILED") == 0
+    assert worker.popen.poll() is None

@@ -2,9 +2,11 @@
 
 from collections.abc import Iterator
 from decimal import Decimal
+from types import SimpleNamespace
 
 import fakeredis
 import pytest
+import redis
 from celery import Task
 from celery.exceptions import Retry
 
@@ -14,7 +16,7 @@ from {{ cookiecutter.__package }}.payloads import InvalidPayload, Order, parse
 from {{ cookiecutter.__package }}.settings import settings
 from {{ cookiecutter.__package }}.tasks import notifications, prices
 from {{ cookiecutter.__package }}.tasks.notifications import send_receipt
-from {{ cookiecutter.__package }}.tasks.workflows import convert_order, summarize
+from {{ cookiecutter.__package }}.tasks.workflows import convert_order, settlement_failed, summarize
 
 GOOD = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@example.com"}
 
@@ -92,6 +94,38 @@ def test_mark_done_after_the_claim_expired_still_records_done(fake_redis: fakere
     assert idempotency.claim("k", "second", lock_ttl=60) is idempotency.Claim.DONE
 
 
+def test_mark_done_rides_out_a_redis_blip(fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The effect happened; Redis fails once when it is recorded. Without the retry the claim would stay "running"
+    # until its TTL and the redelivery after it would act again.
+    failures = iter([redis.ConnectionError("blip")])
+    real = fake_redis.evalsha
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        exc = next(failures, None)
+        if exc:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fake_redis, "evalsha", flaky)
+    monkeypatch.setattr(idempotency.time, "sleep", lambda seconds: None)
+    idempotency.claim("k", "t1", lock_ttl=60)
+    assert idempotency.mark_done("k", "t1", give_up_after=60) is True
+    assert idempotency.claim("k", "t2", lock_ttl=60) is idempotency.Claim.DONE
+
+
+def test_mark_done_gives_up_loudly(
+    fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def down(*args: object, **kwargs: object) -> object:
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(fake_redis, "evalsha", down)
+    monkeypatch.setattr(idempotency.time, "sleep", lambda seconds: None)
+    with pytest.raises(redis.ConnectionError):
+        idempotency.mark_done("k", "t1", give_up_after=0)
+    assert any(record.levelname == "CRITICAL" for record in caplog.records)
+
+
 def test_the_claim_outlives_the_tasks_own_hard_time_limit(fake_redis: fakeredis.FakeRedis) -> None:
     @app.task(bind=True, time_limit=900, soft_time_limit=800, shared=False)
     def slow(self: Task) -> int:
@@ -108,7 +142,8 @@ def test_the_claim_outlives_the_tasks_own_hard_time_limit(fake_redis: fakeredis.
     assert idempotency.lock_ttl(send_receipt) == settings.task_time_limit + idempotency.LOCK_MARGIN
     assert send_receipt.apply(args=["o-ttl"]).get() == "sent"
     ttl_key = redis_store.key("idempotency", "send_receipt:o-ttl")
-    assert fake_redis.ttl(ttl_key) > settings.task_time_limit  # "done" keeps the long TTL
+    # "done" keeps the long TTL, not the claim's.
+    assert settings.idempotency_ttl - 5 <= fake_redis.ttl(ttl_key) <= settings.idempotency_ttl
 
 
 def test_send_receipt_acts_once_and_waits_for_a_busy_claim(fake_redis: fakeredis.FakeRedis) -> None:
@@ -142,6 +177,17 @@ def test_dead_letter_keeps_what_replay_needs(fake_redis: fakeredis.FakeRedis) ->
         {"b": 1},
         "ValueError: nope",
     )
+
+
+def test_a_failed_settlement_is_recorded_once_and_not_lost(fake_redis: fakeredis.FakeRedis) -> None:
+    request = SimpleNamespace(id="step-1")
+    settlement_failed(request, ValueError("feed down"), None, "b-1")
+    settlement_failed(request, ValueError("feed down"), None, "b-1")  # the failed step delivered again
+    assert [entry["id"] for entry in deadletters.entries()] == ["settlement-b-1"]
+    # An earlier errback claimed it and died before recording: this one records it instead of skipping.
+    idempotency.claim("settlement_failed:step-2", "died", lock_ttl=60)
+    settlement_failed(SimpleNamespace(id="step-2"), ValueError("feed down"), None, "b-2")
+    assert [entry["id"] for entry in deadletters.entries()] == ["settlement-b-1", "settlement-b-2"]
 
 
 def test_fetch_price_retries_transient_errors_then_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:

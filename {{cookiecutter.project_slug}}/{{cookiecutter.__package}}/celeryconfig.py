@@ -4,7 +4,7 @@ Loaded by `app.config_from_object`. Every value that differs from Celery's defau
 Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 """
 
-from .queues import DEFAULT_QUEUE, TASK_QUEUES, TASK_ROUTES
+from .queues import DEFAULT_EXCHANGE, DEFAULT_QUEUE, TASK_QUEUES, TASK_ROUTES
 from .schedule import beat_schedule as _beat_schedule
 from .settings import settings
 
@@ -57,7 +57,7 @@ broker_transport_options = {
 # that no worker consumes.
 task_queues = TASK_QUEUES
 task_default_queue = DEFAULT_QUEUE
-task_default_exchange = DEFAULT_QUEUE
+task_default_exchange = DEFAULT_EXCHANGE
 task_default_routing_key = DEFAULT_QUEUE
 task_routes = TASK_ROUTES
 task_create_missing_queues = False

@@ -10,14 +10,27 @@ token (compare-and-delete, one Lua script, atomic in Redis): a delivery whose cl
 delete the claim another delivery took since, nor the "done" that delivery wrote, or a third delivery acts again.
 
 `run_once(task, name, effect)` is the pattern for a task: claim, act, mark done; skip when done; retry when busy.
+`effect` must end at its side effect (return as soon as the email is sent): whatever runs after it inside `effect`
+and fails makes the claim be given back, and the retry acts again.
+
+What a claim cannot cover:
+- A Redis failover can lose a claim or a "done" written just before it: replication to the replica is asynchronous,
+  so the promoted replica may not have it, and the next delivery acts again. Keep the side effect idempotent at its
+  receiver too (an idempotency key in the API call) where a duplicate matters.
+- The claim's expiry is the hard time limit plus a margin: it assumes the limit is enforced, which the prefork pool
+  does and `WORKER_POOL=solo|threads` do not (no process to kill), so a run there can outlive its claim and a
+  redelivery can act at the same time.
+- The scripts below need Lua: a Redis ACL user needs `+@scripting`.
 """
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+import redis
 from celery import Task
 
 from .redis_store import client, key
@@ -65,10 +78,25 @@ def claim(name: str, token: str, lock_ttl: int) -> Claim:
     return Claim.DONE if client().get(redis_key) == "done" else Claim.BUSY
 
 
-def mark_done(name: str, token: str) -> bool:
-    """Record the effect as done; False if this delivery's claim had expired before it finished."""
+def mark_done(name: str, token: str, give_up_after: float = 0) -> bool:
+    """Record the effect as done; False if this delivery's claim had expired before it finished.
+
+    The effect already happened: if Redis does not answer (a blip, a failover), keep trying with a growing pause for
+    up to `give_up_after` seconds (the claim's TTL: past it the claim is gone anyway), or a redelivery would find the
+    claim expired and act again. Still failing: logged CRITICAL (a duplicate may follow) and raised."""
     script = client().register_script(_MARK_DONE)
-    return bool(script(keys=[key("idempotency", name)], args=[f"running:{token}", settings.idempotency_ttl]))
+    deadline = time.monotonic() + give_up_after
+    pause = 0.1
+    while True:
+        try:
+            return bool(script(keys=[key("idempotency", name)], args=[f"running:{token}", settings.idempotency_ttl]))
+        except redis.RedisError as exc:
+            if time.monotonic() + pause > deadline:
+                logger.critical("%s: effect done but not recorded (%s); a redelivery may act again", name, exc)
+                raise
+            logger.warning("%s: could not record the effect as done (%s); retrying in %.1fs", name, exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def release(name: str, token: str) -> bool:
@@ -102,6 +130,6 @@ def run_once(task: Task, name: str, effect: Callable[[], Any]) -> bool:
     except BaseException:
         release(name, token)
         raise
-    if not mark_done(name, token):
+    if not mark_done(name, token, give_up_after=ttl):
         logger.warning("%s: claim expired before the effect finished; raise the task's time limit", name)
     return True

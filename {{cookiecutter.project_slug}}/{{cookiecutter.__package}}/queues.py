@@ -49,6 +49,15 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 }
 
 
+def exchange_name(name: str) -> str:
+    """The exchange tasks for queue `name` are published to."""
+{%- if cookiecutter.broker == "rabbitmq" %}
+    return f"{name}.topic"
+{%- else %}
+    return name
+{%- endif %}
+
+
 def _declare(name: str) -> Queue:
 {%- if cookiecutter.broker == "rabbitmq" %}
     # Quorum queues are replicated and durable; a message redelivered more than x-delivery-limit times (a poison
@@ -56,10 +65,13 @@ def _declare(name: str) -> Queue:
     # A topic exchange, not direct: Celery's native delayed delivery routes a countdown/ETA task through RabbitMQ's
     # delay queues and back to this exchange when it is due, so no worker holds it (with a prefetch of 1 a held task
     # would block the worker) and no consumer_timeout runs against it. The routing key "<name>" has no wildcard, so it
-    # still matches this queue only. An exchange that exists as direct must be deleted first (RUNBOOK.md).
+    # still matches this queue only. Named "<name>.topic", not "<name>": projects generated earlier declared "<name>"
+    # as a direct exchange, and RabbitMQ refuses to redeclare an exchange with another type (PRECONDITION_FAILED), so
+    # a new name lets old and new processes publish side by side during a rolling deploy; the queue stays bound to the
+    # old exchange too until it is deleted (RUNBOOK.md).
     return Queue(
         name,
-        Exchange(name, type="topic"),
+        Exchange(exchange_name(name), type="topic"),
         routing_key=name,
         queue_arguments={
             "x-queue-type": "quorum",
@@ -122,3 +134,4 @@ def prefetch_for(queue_names: list[str]) -> int:
 
 _check()
 TASK_QUEUES = tuple(_declare(name) for name in settings.queues)
+DEFAULT_EXCHANGE = exchange_name(DEFAULT_QUEUE)

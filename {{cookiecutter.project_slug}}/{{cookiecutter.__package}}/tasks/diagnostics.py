@@ -39,8 +39,12 @@ def record_once(self: Task, key: str, seconds: float = 0.0) -> str:
     then works on for `seconds` (the window in which a lost connection leaves the message unacknowledged)."""
 
     def effect() -> None:
+        # The effect ends at the side effect (idempotency.py): work after it stays outside, or a failure in that work
+        # would give the claim back and a retry would record again.
         redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
+
+    ran = idempotency.run_once(self, f"record_once:{key}", effect)
+    if ran:
         logger.info("record_once %s: recorded, working on for %.1fs", key[:80], seconds)
         time.sleep(seconds)
-
-    return "ran" if idempotency.run_once(self, f"record_once:{key}", effect) else "skipped: already ran"
+    return "ran" if ran else "skipped: already ran"
