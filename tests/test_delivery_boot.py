@@ -237,6 +237,21 @@ print(json.dumps(True))
         env=SHORT,
     )
     wait_until(lambda: workers.runs(f"subsecond-{tag}"), 60, "the task sent with countdown=0.4")
+    if workers.broker == "redis":  # on RabbitMQ send_task's countdown waits in the delay queues: 60 s for this check
+        # send_task by name bypasses GuardedTask.apply_async: the worker refuses the ETA and dead-letters it.
+        far_id = workers.client(
+            f"""
+from {package}.celery_app import app
+print(json.dumps(app.send_task("{package}.tasks.diagnostics.record_run", args=["far-{tag}"], countdown=600,
+                               queue="{queue}").id))
+""",
+            env=SHORT,
+        )
+        listed = f"from {package} import deadletters\nprint(json.dumps([e['reason'] for e in deadletters.entries() "
+        listed += f"if e['id'] == {far_id!r}]))"
+        wait_until(lambda: workers.client(listed, env=SHORT), 60, "the far send_task among the dead letters")
+        print(f"{workers.broker}: send_task with countdown=600 -> dead letter {workers.client(listed, env=SHORT)}")
+        assert not workers.runs(f"far-{tag}")
 
     sent_at = workers.client(
         f"""
