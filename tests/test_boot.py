@@ -66,17 +66,25 @@ def test_workflow_chain_group_chord_runs_across_workers(booted: BootedProject) -
 def test_idempotent_task_acts_once_under_redelivery(booted: BootedProject) -> None:
     """The same message delivered twice (same task id), as Redis/RabbitMQ do after a lost ack."""
     order_id, task_id = f"o-{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
+    booted.client(
+        f"""
+        from {booted.package}.tasks.notifications import send_receipt
+        for _ in range(2):
+            send_receipt.apply_async(args=["{order_id}"], task_id="{task_id}")
+        print(json.dumps(None))
+        """
+    )
+    # The outbox is read only once both deliveries have finished: with one task id, a .get() after the second send
+    # would return the first run's stored result before the duplicate ran.
+    wait_until(lambda: any(worker_log_has(booted, q, f"[{task_id}] succeeded") for q in booted.queues))
+    queue = next(q for q in booted.queues if worker_log_has(booted, q, f"[{task_id}] succeeded"))
+    wait_until(lambda: booted.proc(f"worker-{queue}").count(f"[{task_id}] succeeded") == 2)
     outbox_count = booted.client(
         f"""
         from {booted.package}.redis_store import client, key
-        from {booted.package}.tasks.notifications import send_receipt
-        for _ in range(2):
-            send_receipt.apply_async(args=["{order_id}"], task_id="{task_id}").get(timeout=30)
         print(json.dumps(client().lrange(key("outbox", "receipts"), 0, -1).count("{order_id}")))
         """
     )
-    queue = next(q for q in booted.queues if worker_log_has(booted, q, f"[{task_id}] succeeded"))
-    wait_until(lambda: booted.proc(f"worker-{queue}").count(f"[{task_id}] succeeded") == 2)
     assert outbox_count == 1
 
 

@@ -1,6 +1,7 @@
 """Guards (guards.py) in isolation: the payload size limit, and refused messages recorded as dead letters."""
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ from {{ cookiecutter.__package }} import deadletters, guards
 from {{ cookiecutter.__package }}.celery_app import app
 from {{ cookiecutter.__package }}.settings import settings
 from {{ cookiecutter.__package }}.tasks.orders import process_order
+from {{ cookiecutter.__package }}.tasks.prices import fetch_price
 
 
 @pytest.fixture
@@ -88,3 +90,107 @@ def test_an_unknown_task_keeps_its_arguments_for_replay(fake_redis: fakeredis.Fa
     [entry] = deadletters.entries()
     assert (entry["id"], entry["task"], entry["args"], entry["kwargs"]) == ("id-2", "not.deployed.yet", ["a"], {"b": 1})
     assert entry["reason"].startswith("NotRegistered: no task named 'not.deployed.yet'")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"countdown": 30 * 86_400},
+        {"eta": datetime.now(UTC) + timedelta(days=30)},
+        {"eta": datetime.now(UTC).replace(tzinfo=None) + timedelta(days=30)},  # naive: read as UTC, as Celery does
+        {"eta": (datetime.now(UTC) + timedelta(days=30)).isoformat()},
+    ],
+    ids=["countdown", "eta", "naive-eta", "iso-eta"],
+)
+def test_a_countdown_beyond_the_limit_is_refused_before_publishing(when: dict) -> None:
+    # Raised before any broker connection: nothing is sent.
+    limit = rf"over the {settings.max_countdown}s limit \(CELERY_MAX_COUNTDOWN\)"
+    with pytest.raises(guards.CountdownTooLong, match=limit):
+        process_order.apply_async(args=[{"order_id": "o-1"}], **when)
+
+
+def test_a_countdown_at_the_limit_passes() -> None:
+    guards.check_countdown("some.task", countdown=settings.max_countdown)
+    guards.check_countdown("some.task", eta=datetime.now(UTC) + timedelta(seconds=settings.max_countdown - 5))
+
+
+def test_both_countdown_and_eta_are_checked() -> None:
+    # Celery takes the message's ETA from the countdown when both are given: a far countdown must not hide behind a
+    # near ETA (nor the reverse: RabbitMQ's delay follows the ETA).
+    near = datetime.now(UTC) + timedelta(seconds=10)
+    with pytest.raises(guards.CountdownTooLong):
+        process_order.apply_async(args=[{"order_id": "o-1"}], countdown=30 * 86_400, eta=near)
+    with pytest.raises(guards.CountdownTooLong):
+        process_order.apply_async(args=[{"order_id": "o-1"}], countdown=10, eta=near + timedelta(days=30))
+
+
+def test_a_far_countdown_in_a_chain_step_is_refused_before_publishing() -> None:
+    step = process_order.si({"order_id": "o-2"}).set(countdown=30 * 86_400)
+    with pytest.raises(guards.CountdownTooLong, match="CELERY_MAX_COUNTDOWN"):
+        (process_order.si({"order_id": "o-1"}) | step).apply_async()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"countdown": 0.3}, {"countdown": 1}),
+        ({"countdown": 0}, {"countdown": 0}),  # due now: no delay at all
+        ({"countdown": 5}, {"countdown": 5}),
+        ({"eta": "in 0.5s"}, {"countdown": 1.0, "eta": None}),
+        ({"eta": "in 1.5s"}, {"countdown": 1.5, "eta": None}),  # Celery computes from it a moment later: under 1.5
+    ],
+    ids=["countdown-0.3", "countdown-0", "countdown-5", "eta-0.5s", "eta-1.5s"],
+)
+def test_delays_under_a_second_are_rounded_up(given: dict, expected: dict) -> None:
+    # kombu's native delayed delivery raises ValueError for int(countdown) == 0 (inside retry: the message is lost).
+    options = dict(given)
+    if "eta" in options:
+        options["eta"] = datetime.now(UTC) + timedelta(seconds=float(options["eta"].split()[1][:-1]))
+    guards.round_up_short_delays(options)
+    assert {name: options.get(name) for name in expected} == pytest.approx(expected, abs=0.05)
+
+
+def test_a_sub_second_countdown_reaches_the_broker_as_a_whole_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: dict = {}
+    monkeypatch.setattr(
+        "celery.app.task.Task.apply_async", lambda self, args=None, kwargs=None, **options: sent.update(options)
+    )
+    process_order.apply_async(args=[{"order_id": "o-1"}], countdown=0.2)
+    assert sent["countdown"] == 1
+
+
+def test_retry_without_a_countdown_checks_the_default_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery falls back to default_retry_delay inside retry(); the check must see it, not None.
+    monkeypatch.setattr(fetch_price, "default_retry_delay", settings.max_countdown + 1)
+    with pytest.raises(guards.CountdownTooLong, match="CELERY_MAX_COUNTDOWN"):
+        fetch_price.retry()
+
+
+@pytest.mark.parametrize("attribute", ["default_retry_delay", "retry_backoff_max"])
+def test_a_task_with_a_retry_delay_beyond_the_limit_is_refused_when_defined(attribute: str) -> None:
+    with pytest.raises(guards.CountdownTooLong, match=rf"{attribute}=\d+ is over the .*CELERY_MAX_COUNTDOWN"):
+
+        @app.task(shared=False, lazy=False, **{attribute: settings.max_countdown + 1})
+        def too_patient() -> None: ...
+
+
+def test_every_tasks_retry_delays_fit_the_limit() -> None:
+    app.loader.import_default_modules()
+    for name, task in app.tasks.items():
+        if name.startswith("{{ cookiecutter.__package }}."):
+            assert task.default_retry_delay <= settings.max_countdown, name
+            assert task.retry_backoff_max <= settings.max_countdown, name
+
+
+def test_the_worker_refuses_a_message_with_an_eta_beyond_the_limit() -> None:
+    # send_task by name bypasses apply_async: the worker refuses it, and task_rejected makes it a dead letter.
+    far = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    assert issubclass(guards.EtaTooFar, InvalidTaskError)
+    with pytest.raises(guards.EtaTooFar, match=r"some\.task is scheduled \d+s ahead, over the"):
+        guards.GuardedRequest(message(headers={"id": "id-1", "task": "some.task", "eta": far}))
+
+
+def test_a_retry_beyond_the_limit_is_refused() -> None:
+    # Refused before Celery publishes the retry (an error there would drop the message without a dead letter).
+    with pytest.raises(guards.CountdownTooLong, match="CELERY_MAX_COUNTDOWN"):
+        fetch_price.retry(countdown=settings.max_countdown + 1)

@@ -4,7 +4,7 @@ Loaded by `app.config_from_object`. Every value that differs from Celery's defau
 Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 """
 
-from .queues import DEFAULT_QUEUE, TASK_QUEUES, TASK_ROUTES
+from .queues import DEFAULT_EXCHANGE, DEFAULT_QUEUE, TASK_QUEUES, TASK_ROUTES
 from .schedule import beat_schedule as _beat_schedule
 from .settings import settings
 
@@ -30,13 +30,28 @@ broker_transport_options = {
 task_default_queue_type = "quorum"
 # Quorum queues do not support global QoS; Celery detects them and uses per-consumer prefetch instead.
 worker_detect_quorum_queues = True
+# Native delayed delivery (Celery 5.5+, on with quorum queues): a countdown/ETA task waits in RabbitMQ's delay queues
+# and reaches a worker when it is due, instead of waiting unacknowledged in a worker (blocking a prefetch-1 worker and
+# running into consumer_timeout). It needs topic exchanges (queues.py); the delay queues are quorum queues too.
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html#using-quorum-queues
+broker_native_delayed_delivery_queue_type = "quorum"
+task_default_exchange_type = "topic"
+# A task running when the RabbitMQ connection drops finishes instead of being killed. Its ack cannot reach RabbitMQ
+# (the channel is gone), which redelivers the message at once: idempotent tasks find their claim busy, retry, and skip
+# once the first run marked it done. Cancelling (Celery 6's default) would kill the first run mid-effect, after which
+# nothing can tell whether the effect happened, and the redelivery would act again. Tasks without a claim say why a
+# re-run is harmless (tasks/*.py).
+worker_cancel_long_running_tasks_on_connection_loss = False
 {%- else %}
 # None: redis:// URLs use kombu's Redis transport plus one fix, so a worker survives a Redis restart mid-task
 # (redis_transport.py, registered in celery_app.py).
 broker_transport = settings.broker_transport
-# A task running when the Redis connection drops finishes instead of being killed: its ack is lost with the
-# connection, so the message comes back after visibility_timeout and the idempotent tasks skip it. Celery 6 flips the
-# default to cancelling; pinned here (Celery still warns about it at each connection loss).
+# A task running when the Redis connection drops finishes instead of being killed. Its message comes back while it
+# runs (kombu puts the unacknowledged messages of the lost channel back in the queue as it closes it; failing that,
+# after visibility_timeout): idempotent tasks find their claim busy, retry, and skip once the first run marked it done;
+# the others say why a re-run is harmless (tasks/*.py). Cancelling (Celery 6's default) would kill the first run
+# mid-effect, after which nothing can tell whether the effect happened, and the redelivery would act again. Pinned
+# here (Celery still warns about it at each connection loss).
 worker_cancel_long_running_tasks_on_connection_loss = False
 broker_transport_options = {
     # See the rule in settings.py: above the longest countdown plus the hard time limit.
@@ -48,7 +63,7 @@ broker_transport_options = {
 # that no worker consumes.
 task_queues = TASK_QUEUES
 task_default_queue = DEFAULT_QUEUE
-task_default_exchange = DEFAULT_QUEUE
+task_default_exchange = DEFAULT_EXCHANGE
 task_default_routing_key = DEFAULT_QUEUE
 task_routes = TASK_ROUTES
 task_create_missing_queues = False
@@ -83,6 +98,8 @@ worker_prefetch_multiplier = settings.worker_prefetch_multiplier or 1
 worker_max_tasks_per_child = settings.worker_max_tasks_per_child
 worker_max_memory_per_child = settings.worker_max_memory_per_child
 worker_soft_shutdown_timeout = settings.worker_soft_shutdown_timeout
+# Bounds how many countdown/ETA tasks one worker keeps in memory (settings.py says why).
+worker_eta_task_limit = settings.worker_eta_task_limit
 # Task events (three messages per task, from the worker's main process) stay off: with them a worker drained 0.55x
 # as many no-op tasks (`make bench`). bin/metrics reads counters the workers keep in Redis instead (task_counters.py);
 # Flower broadcasts `enable_events` while it runs, and workers send events from then until they restart.

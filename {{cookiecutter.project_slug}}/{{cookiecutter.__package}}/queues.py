@@ -49,13 +49,29 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 }
 
 
+def exchange_name(name: str) -> str:
+    """The exchange tasks for queue `name` are published to."""
+{%- if cookiecutter.broker == "rabbitmq" %}
+    return f"{name}.topic"
+{%- else %}
+    return name
+{%- endif %}
+
+
 def _declare(name: str) -> Queue:
 {%- if cookiecutter.broker == "rabbitmq" %}
     # Quorum queues are replicated and durable; a message redelivered more than x-delivery-limit times (a poison
     # message that keeps killing workers) is dead-lettered to "<name>.dead" instead of looping forever.
+    # A topic exchange, not direct: Celery's native delayed delivery routes a countdown/ETA task through RabbitMQ's
+    # delay queues and back to this exchange when it is due, so no worker holds it (with a prefetch of 1 a held task
+    # would block the worker) and no consumer_timeout runs against it. The routing key "<name>" has no wildcard, so it
+    # still matches this queue only. Named "<name>.topic", not "<name>": projects generated earlier declared "<name>"
+    # as a direct exchange, and RabbitMQ refuses to redeclare an exchange with another type (PRECONDITION_FAILED), so
+    # a new name lets old and new processes publish side by side during a rolling deploy; the queue stays bound to the
+    # old exchange too until it is deleted (RUNBOOK.md).
     return Queue(
         name,
-        Exchange(name, type="direct"),
+        Exchange(exchange_name(name), type="topic"),
         routing_key=name,
         queue_arguments={
             "x-queue-type": "quorum",
@@ -99,6 +115,13 @@ def _check() -> None:
     missing_profiles = sorted(set(settings.queues) - PROFILES.keys())
     if missing_profiles:
         raise RuntimeError(f"queues {missing_profiles} have no entry in PROFILES (queues.py); add one")
+    for name, profile in PROFILES.items():
+        # The broker timeouts are sized from the largest prefetch (settings.py), so a larger one must raise it too.
+        if profile.prefetch_multiplier > settings.max_prefetch_multiplier:
+            raise RuntimeError(
+                f"queue {name!r} prefetches {profile.prefetch_multiplier}, over CELERY_MAX_PREFETCH_MULTIPLIER "
+                f"({settings.max_prefetch_multiplier}); raise that setting with it"
+            )
     for pattern, route in TASK_ROUTES.items():
         if route["queue"] not in settings.queues:
             raise RuntimeError(f"TASK_ROUTES sends {pattern} to {route['queue']!r}, not one of {settings.queues}")
@@ -111,3 +134,4 @@ def prefetch_for(queue_names: list[str]) -> int:
 
 _check()
 TASK_QUEUES = tuple(_declare(name) for name in settings.queues)
+DEFAULT_EXCHANGE = exchange_name(DEFAULT_QUEUE)

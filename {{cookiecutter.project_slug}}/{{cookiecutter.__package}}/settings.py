@@ -5,6 +5,7 @@ Field names follow Celery's own lowercase setting names; the environment variabl
 conventional names (`REDIS_URL`). `.env.example` documents every variable.
 """
 
+import math
 import re
 import ssl
 import zoneinfo
@@ -75,10 +76,43 @@ class Settings(BaseSettings):
     # Soft limit raises SoftTimeLimitExceeded inside the task so it can clean up; the hard limit kills the process.
     task_soft_time_limit: int = 240
     task_time_limit: int = 300
-    # The longest countdown/ETA any code in this project schedules; the Redis visibility timeout is sized from it.
+    # The longest countdown/ETA a task may be sent with: a longer one is refused when it is sent or retried
+    # (guards.py), because the broker limits below are sized from it. Schedule further ahead with beat.
     max_countdown: int = 3600
+    # The largest prefetch multiplier any worker uses (queues.py profiles, CELERY_WORKER_PREFETCH_MULTIPLIER may not
+    # exceed it): a prefetched message waits up to this many task runs in a worker's buffer, unacknowledged.
+    max_prefetch_multiplier: int = 4
+    # How many countdown/ETA tasks one worker holds in memory at most; past it the worker fetches nothing more until
+    # some come due (Celery's worker_eta_task_limit caps the prefetch count it raises for each held ETA task).
+{%- if cookiecutter.broker == "redis" %}
+    # Redis hands a countdown task to a worker at once and the visibility timeout runs from then on; past this limit
+    # the rest wait in the queue, where no clock runs against them, and a worker's memory stays bounded.
+{%- else %}
+    # Native delayed delivery keeps waiting tasks in RabbitMQ, so a worker holds only the few that are due; the limit
+    # bounds memory if a message bypasses it (published to another exchange with an ETA header).
+{%- endif %}
+    # Kept small: ETA tasks that fall due together queue in the worker unacknowledged, up to this many per worker, and
+    # the broker timeouts below must cover the wait of the last one (Celery raises a worker's prefetch by one per ETA
+    # task it holds, celery/worker/strategy.py, capped only by this). The cost: a worker holding this many takes no
+    # other message until one comes due.
+{%- if cookiecutter.broker == "redis" %}
+    worker_eta_task_limit: int = 16
+{%- else %}
+    # 4: five runs of the 300 s hard limit stay within RabbitMQ's default 30 min consumer_timeout (rule below).
+    worker_eta_task_limit: int = 4
+{%- endif %}
+    # The fewest pool processes any worker runs (bin/worker's WORKER_CONCURRENCY, default 1). Concurrency is set per
+    # worker, not here, so the rule below assumes this lower bound: held tasks drain this many at a time.
+    min_worker_concurrency: int = 1
+{%- if cookiecutter.broker == "rabbitmq" %}
+    # RabbitMQ's own `consumer_timeout` (rabbitmq.conf, 30 min by default), as set on your server: a delivery left
+    # unacknowledged longer than this closes the worker's channel and the message is redelivered. See the rule below.
+    consumer_timeout: int = 1800
+{%- endif %}
     # None: computed by the rule in `_size_visibility_timeout`. Only the Redis broker uses it.
     visibility_timeout: int | None = None
+    # Seconds the rule adds on top: clock differences between hosts, and the time a worker's restore sweep takes.
+    visibility_margin: int = 60
     # One day: long enough for callers to read a result, short enough that Redis does not fill up.
     result_expires: int = 86_400
     # Largest task message accepted, in bytes (guards.py): a bigger one is refused at publish time and dead-lettered by
@@ -168,18 +202,70 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_prefetch(self) -> "Settings":
+        prefetch = self.worker_prefetch_multiplier
+        if prefetch is not None and prefetch > self.max_prefetch_multiplier:
+            raise ValueError(
+                f"CELERY_WORKER_PREFETCH_MULTIPLIER ({prefetch}) must not exceed CELERY_MAX_PREFETCH_MULTIPLIER "
+                f"({self.max_prefetch_multiplier}): the broker timeouts are sized from it"
+            )
+        return self
+
+    def longest_unacknowledged(self, countdown: int) -> int:
+        """How long a worker may hold a delivery unacknowledged: the countdown it waits for, then the runs ahead of
+        it in the worker's buffer, then its own run (hard time limit each).
+
+        Assumption, the worst case: everything the worker holds falls due at once (ETA tasks due together, prefetched
+        tasks) and each runs for the full hard limit, min_worker_concurrency at a time: the last one waits up to
+        ceil(held / concurrency) runs (one more for a run already going when they fell due), then runs."""
+        concurrency = self.min_worker_concurrency
+        # Deliveries a worker holds unacknowledged are capped by its prefetch count, which starts at multiplier x
+        # concurrency and which Celery raises per ETA task up to worker_eta_task_limit (kombu QoS max_prefetch).
+        held = max(self.worker_eta_task_limit, self.max_prefetch_multiplier * concurrency)
+        return countdown + (math.ceil(held / concurrency) + 1) * self.task_time_limit
+{%- if cookiecutter.broker == "rabbitmq" %}
+
+    @model_validator(mode="after")
+    def _check_consumer_timeout(self) -> "Settings":
+        # The rule: RabbitMQ closes the channel of a worker that holds a delivery unacknowledged for longer than
+        # consumer_timeout, and redelivers the message (the task runs twice). Countdowns do not count against it:
+        # with native delayed delivery (topic exchanges, queues.py) a waiting task stays in RabbitMQ's delay queues
+        # and reaches a worker when it is due (up to 1 s early). So CELERY_MAX_COUNTDOWN may exceed consumer_timeout;
+        # it is capped by what native delayed delivery can express (2**28 - 1 s), and the buffer wait plus the run
+        # must stay under consumer_timeout. https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout
+        if self.max_countdown >= 2**28:
+            raise ValueError(
+                f"CELERY_MAX_COUNTDOWN ({self.max_countdown}) must be below 2**28 s, the longest delay RabbitMQ's "
+                "native delayed delivery can hold; schedule further ahead with beat"
+            )
+        held = self.longest_unacknowledged(countdown=1)
+        if held >= self.consumer_timeout and self.environment != "development":
+            raise ValueError(
+                f"CELERY_CONSUMER_TIMEOUT ({self.consumer_timeout}, RabbitMQ's consumer_timeout) must exceed {held}: "
+                "(ceil(max(CELERY_WORKER_ETA_TASK_LIMIT, CELERY_MAX_PREFETCH_MULTIPLIER x MIN_WORKER_CONCURRENCY) / "
+                "MIN_WORKER_CONCURRENCY) + 1) x CELERY_TASK_TIME_LIMIT; raise consumer_timeout in rabbitmq.conf, or "
+                "lower the limits or the time limit"
+            )
+        return self
+{%- endif %}
+
+    @model_validator(mode="after")
     def _size_visibility_timeout(self) -> "Settings":
         # The rule: Redis hands an unacknowledged message to another worker after `visibility_timeout`. With acks_late
-        # a message stays unacknowledged while it waits for its ETA *and* while it runs, so the timeout must exceed the
-        # longest countdown plus the hard time limit, or the task runs twice. The 5-minute margin covers the time a
-        # prefetched message waits in a busy worker's buffer. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
-        minimum = self.max_countdown + self.task_time_limit
+        # a message stays unacknowledged while it waits for its ETA, while it waits in the worker behind the other
+        # tasks it holds (its prefetch and up to worker_eta_task_limit ETA tasks that fell due together), and while it
+        # runs; the timeout must exceed all three (longest_unacknowledged), or the task runs twice.
+        # CELERY_MAX_COUNTDOWN is enforced at publish time (guards.py), so no countdown exceeds it. The margin covers
+        # clock differences between hosts and kombu's restore interval. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+        minimum = self.longest_unacknowledged(self.max_countdown) + self.visibility_margin
         if self.visibility_timeout is None:
-            self.visibility_timeout = minimum + 300
-        elif self.visibility_timeout <= minimum and self.environment != "development":
+            self.visibility_timeout = minimum
+        elif self.visibility_timeout < minimum and self.environment != "development":
             raise ValueError(
-                f"CELERY_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed CELERY_MAX_COUNTDOWN + "
-                f"CELERY_TASK_TIME_LIMIT ({minimum}), or Redis redelivers tasks that are still waiting or running"
+                f"CELERY_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must be at least {minimum}: "
+                "CELERY_MAX_COUNTDOWN + (ceil(max(CELERY_WORKER_ETA_TASK_LIMIT, CELERY_MAX_PREFETCH_MULTIPLIER x "
+                "MIN_WORKER_CONCURRENCY) / MIN_WORKER_CONCURRENCY) + 1) x CELERY_TASK_TIME_LIMIT + "
+                "CELERY_VISIBILITY_MARGIN, or Redis redelivers tasks that are still waiting or running"
             )
         return self
 

@@ -4,9 +4,10 @@ import json
 import os
 import time
 
+from celery import Task
 from celery.utils.log import get_task_logger
 
-from .. import redis_store
+from .. import idempotency, redis_store
 from ..celery_app import app
 
 logger = get_task_logger(__name__)
@@ -29,3 +30,21 @@ def record_run(key: str, seconds: float = 0.0) -> str:
     time.sleep(seconds)
     redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
     return key
+
+
+# Stores its result: drills wait for it with .get().
+@app.task(bind=True, ignore_result=False, max_retries=10)
+def record_once(self: Task, key: str, seconds: float = 0.0) -> str:
+    """record_run's idempotent twin: appends its entry to runs_key() once per key however often it is delivered,
+    then works on for `seconds` (the window in which a lost connection leaves the message unacknowledged)."""
+
+    def effect() -> None:
+        # The effect ends at the side effect (idempotency.py): work after it stays outside, or a failure in that work
+        # would give the claim back and a retry would record again.
+        redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
+
+    ran = idempotency.run_once(self, f"record_once:{key}", effect)
+    if ran:
+        logger.info("record_once %s: recorded, working on for %.1fs", key[:80], seconds)
+        time.sleep(seconds)
+    return "ran" if ran else "skipped: already ran"

@@ -21,12 +21,13 @@ def quote(pair: str) -> Decimal:
     ignore_result=False,
     # Retry only what can succeed later; a bug (TypeError) or bad input must fail at once and be dead-lettered.
     autoretry_for=(PriceFeedUnavailable, ConnectionError, TimeoutError),
-    # Exponential backoff 1, 2, 4, 8 ... s, capped at 10 minutes; jitter spreads retries of many tasks apart.
+    # Exponential backoff 1, 2, 4, 8 ... s, capped at 10 minutes (retry_backoff_max, GuardedTask's default: within
+    # CELERY_MAX_COUNTDOWN); jitter spreads retries of many tasks apart.
     retry_backoff=True,
-    retry_backoff_max=600,
     retry_jitter=True,
     max_retries=5,
 )
 def fetch_price(pair: str) -> str:
+    # A re-run is harmless: reading a quote changes nothing upstream, and the later result overwrites the earlier one.
     # Serialized as a string: JSON has no Decimal, and a float would round the price.
     return str(quote(pair))

@@ -6,19 +6,24 @@ outcome {"status": "rejected", ...} instead of raising; the callback counts them
 chord, and then the errback records the whole batch as a dead letter for an operator to look at and replay.
 """
 
+import logging
 from decimal import Decimal
 from typing import Any
 
 from celery import chain, chord, group
 from celery.result import AsyncResult
 
-from .. import deadletters
+from .. import deadletters, idempotency
 from ..celery_app import app
 from ..payloads import InvalidPayload, Order, parse
+from ..settings import settings
 from .notifications import send_receipt
 from .prices import fetch_price
 
+logger = logging.getLogger(__name__)
 
+
+# convert_order and summarize compute from their arguments only: a re-run returns the same result and acts on nothing.
 # A chord's header tasks must store results: the chord counts them and hands them to the callback.
 @app.task(ignore_result=False)
 def convert_order(rate: str, payload: dict[str, Any]) -> dict[str, str]:
@@ -44,8 +49,23 @@ def summarize(outcomes: list[dict[str, str]]) -> dict[str, Any]:
 
 @app.task
 def settlement_failed(request: Any, exc: BaseException, traceback: Any, batch_id: str) -> None:
-    """Errback: runs in the worker where a step failed; records the batch so nothing is lost silently."""
-    deadletters.record(f"settlement-{batch_id}", "settlement", [batch_id], {}, f"{type(exc).__name__}: {exc}")
+    """Errback: called in the worker where a step failed; records the batch so nothing is lost silently."""
+    # Once per failed task: that step may be delivered again (a lost ack) and fail again, and a second entry would let
+    # an operator replay the batch twice. Called directly, not as a message, so it cannot retry.
+    name, token = f"settlement_failed:{request.id}", idempotency.new_token()
+    state = idempotency.claim(name, token, settings.task_time_limit + idempotency.LOCK_MARGIN)
+    if state is idempotency.Claim.DONE:
+        return
+    if state is idempotency.Claim.BUSY:
+        # An earlier delivery claimed it and died before recording (or is recording right now): a second entry is
+        # better than none. Never skipped on a busy claim: the batch would be lost silently.
+        logger.warning("settlement_failed %s: claim busy, recording anyway (the entry may appear twice)", batch_id)
+    try:
+        deadletters.record(f"settlement-{batch_id}", "settlement", [batch_id], {}, f"{type(exc).__name__}: {exc}")
+    except BaseException:
+        idempotency.release(name, token)  # the next delivery of the failed step records it
+        raise
+    idempotency.mark_done(name, token, give_up_after=settings.task_time_limit)
 
 
 def settle(batch_id: str, orders: list[dict[str, Any]], pair: str = "EURUSD") -> AsyncResult:
