@@ -489,7 +489,9 @@ def check_keda(m: Manifests, check: Checks, *, broker: str) -> None:
             meta = trigger["metadata"]
             if broker == "redis":
                 check(trigger["type"] == "redis", f"{name}: trigger type {trigger['type']} for a Redis broker")
-                check(meta.get("listName") == queues[0], f"{name}: listName {meta.get('listName')} != queue {queues}")
+                # kombu's global_keyprefix (celeryconfig.py) puts "<CELERY_KEY_PREFIX>:" before every queue's list.
+                listname = f"{env.get('CELERY_KEY_PREFIX')}:{queues[0]}"
+                check(meta.get("listName") == listname, f"{name}: listName {meta.get('listName')} != {listname}")
                 for field in ("listLength", "activationListLength", "databaseIndex"):
                     check(str(meta.get(field, "")).isdigit(), f"{name}: {field} must be a number in a string")
                 url = urlsplit(env.get("CELERY_BROKER_URL") or env["REDIS_URL"])

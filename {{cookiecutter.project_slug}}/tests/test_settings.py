@@ -50,3 +50,20 @@ def test_placeholder_secret_is_refused_in_production() -> None:
 
 def test_placeholder_secret_is_allowed_in_development() -> None:
     assert make(environment="development", redis_url="redis://:change-me@localhost:6379/0").redis_url
+
+
+@pytest.mark.parametrize("prefix", ["", "acme:jobs", "acme jobs"])
+def test_bad_key_prefix_is_refused(prefix: str) -> None:
+    with pytest.raises(ValidationError, match="CELERY_KEY_PREFIX"):
+        make(key_prefix=prefix)
+
+
+def test_results_and_broker_keys_carry_the_key_prefix() -> None:
+    from {{ cookiecutter.__package }}.celery_app import app
+    from {{ cookiecutter.__package }}.settings import settings
+
+    prefix = f"{settings.key_prefix}:"
+    assert app.backend.get_key_for_task("an-id").decode() == f"{prefix}celery-task-meta-an-id"
+{%- if cookiecutter.broker == "redis" %}
+    assert app.conf.broker_transport_options["global_keyprefix"] == prefix
+{%- endif %}

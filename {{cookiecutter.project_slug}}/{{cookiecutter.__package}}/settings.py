@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # The value `.env.example` ships for secrets; the post-generation hook replaced it in your `.env`.
 PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
+KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -82,7 +83,9 @@ class Settings(BaseSettings):
     idempotency_ttl: int = 7 * 86_400
     # json: one JSON object per line, for log pipelines; text: readable in a terminal (logs.py).
     log_format: Literal["json", "text"] = Field(default="json", validation_alias=AliasChoices("LOG_FORMAT"))
-    # Prefix for every Redis key this project writes, so several projects can share one Redis.
+    # Prefix for every Redis key this project writes, so several projects can share one Redis database: its own keys,
+    # RedBeat's, the result backend's{% if cookiecutter.broker == "redis" %} and the broker's (queues, unacked, bindings, broadcast channels){% endif %}. No ":" in it:
+    # "<prefix>:" is then never the start of another project's prefix.
     key_prefix: str = "{{ cookiecutter.__package }}"
 
     # Beat (RedBeat). Defaults to REDIS_URL, set explicitly: RedBeat's fallback to broker_url is deprecated.
@@ -111,6 +114,13 @@ class Settings(BaseSettings):
             if not QUEUE_NAME.fullmatch(name):
                 raise ValueError(f"queue name {name!r} must match [a-z0-9_-]+")
         return names
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, prefix: str) -> str:
+        if not KEY_PREFIX.fullmatch(prefix):
+            raise ValueError(f"CELERY_KEY_PREFIX {prefix!r} must match [A-Za-z0-9_.-]+ (e.g. the package name)")
+        return prefix
 
     @field_validator("timezone")
     @classmethod
@@ -168,6 +178,11 @@ class Settings(BaseSettings):
                 f"CELERY_BEAT_MAX_LOOP_INTERVAL ({self.beat_max_loop_interval}), or a slow tick lets a second beat in"
             )
         return self
+
+    @property
+    def global_keyprefix(self) -> str:
+        """What kombu's Redis transport and Celery's Redis result backend put before every key and channel name."""
+        return f"{self.key_prefix}:"
 
     @property
     def redbeat_key_prefix(self) -> str:
