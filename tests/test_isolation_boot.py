@@ -146,9 +146,7 @@ def test_two_projects_on_one_redis_database_do_not_see_each_other(
     # 4. Every key in the shared database sits under one project's prefix.
     stray = sorted(k for k in db.scan_iter() if not k.startswith((f"{alpha.package}:", f"{beta.package}:")))
     figures["keys outside both prefixes"] = f"{len(stray)} {stray[:6]}"
-    figures["keys per prefix"] = {
-        p.package: sum(1 for _ in db.scan_iter(f"{p.package}:*")) for p in (alpha, beta)
-    }
+    figures["keys per prefix"] = {p.package: sum(1 for _ in db.scan_iter(f"{p.package}:*")) for p in (alpha, beta)}
     print()
     for name, value in figures.items():
         print(f"  {name}: {value}")
