@@ -213,3 +213,46 @@ def test_no_manifests_without_kubernetes(answers: dict[str, str], tmp_path: Path
     project = render(tmp_path, answers)
     assert not (project / "deploy" / "k8s").exists()
     assert "## Kubernetes" not in (project / "README.md").read_text()
+
+
+def test_flower_reaches_the_internet_only_through_the_opt_in_allow_list(built: Built) -> None:
+    """No Ingress for Flower by default; the opt-in component builds only once allowlist.env names the ranges."""
+    if built.option("use_flower") != "y":
+        pytest.skip("use_flower=n: no Flower")
+    for overlay in OVERLAYS:
+        routed = [i for i in Manifests(built.docs[overlay]).of("Ingress") if "flower" in json.dumps(i["spec"])]
+        assert routed == [], f"{overlay}: an Ingress reaches Flower by default"
+    component = built.k8s / "components" / "flower-ingress"
+    overlay = built.k8s / "overlays" / "flower-opt-in"
+    kubectl = require_kubectl()
+    try:
+        # Production as a user opts in: its kustomization with the commented `components:` lines enabled.
+        shutil.copytree(built.k8s / "overlays" / "production", overlay, dirs_exist_ok=True)
+        with (overlay / "kustomization.yaml").open("a") as kustomization:
+            kustomization.write("\ncomponents:\n  - ../../components/flower-ingress\n")
+        refused = {}
+        for case, text in {
+            "no allowlist.env": None,
+            "the example copied unchanged": (component / "allowlist.example.env").read_text(),
+        }.items():
+            (component / "allowlist.env").unlink(missing_ok=True)
+            if text is not None:
+                (component / "allowlist.env").write_text(text)
+            result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+            assert result.returncode != 0, f"{case}: the opt-in overlay built without an allow-list"
+            refused[case] = result.stderr.strip().splitlines()[-1][-160:]
+        ranges = "203.0.113.0/24,198.51.100.7/32"
+        (component / "allowlist.env").write_text(f"FLOWER_ALLOWED_SOURCE_RANGES={ranges}\n")
+        manifests = Manifests(build(built.k8s, "flower-opt-in"))
+    finally:
+        shutil.rmtree(overlay)
+        (component / "allowlist.env").unlink(missing_ok=True)
+    for case, error in refused.items():
+        print(f"\nopt-in Flower Ingress, {case}: build refused: ...{error}")
+    ingress = manifests.get("Ingress", "flower")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/whitelist-source-range"] == ranges
+    assert manifests.get("ConfigMap", "flower-allowlist") is None, "the build-time allow-list must not be deployed"
+    check = Checks()
+    check_policies(manifests, check, slug=built.slug, package=built.package, namespace=built.namespace("production"))
+    check.assert_ok()
+    print(f"opt-in Flower Ingress with {ranges}: {check.count} policy checks hold")
