@@ -82,6 +82,20 @@ def depth(project: BootedProject, queue: str) -> int:
     return int(rows[queue])
 
 
+def flower_depth(project: BootedProject, queue: str) -> int:
+    """The queue's messages as Flower's broker page reads them (its own Redis client, told the prefix by the app)."""
+    return project.client(
+        f"""
+        import asyncio
+        from flower.utils.broker import Broker
+        from {project.package}.celery_app import app
+        url = app.connection_for_read().as_uri(include_password=True)
+        broker = Broker(url, broker_options=app.conf.broker_transport_options)
+        print(json.dumps(asyncio.run(broker.queues([{queue!r}]))[0]["messages"]))
+        """
+    )
+
+
 def wait_for(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,10 +131,12 @@ def test_two_projects_on_one_redis_database_do_not_see_each_other(
     for project in (alpha, beta):
         send(project, "low", [f"{project.package}-parked-{i}" for i in range(PARKED)])
     before = {p.package: depth(p, "low") for p in (alpha, beta)}
+    flower = {p.package: flower_depth(p, "low") for p in (alpha, beta)}
     purged = alpha.module("ops", "purge", "low", "--yes")
     assert purged.returncode == 0, purged.stderr
     after = {p.package: depth(p, "low") for p in (alpha, beta)}
     figures["ops queues 'low' before purge"] = before
+    figures["Flower broker page 'low' before purge"] = flower
     figures[f"{alpha.package} ops purge low"] = purged.stdout.strip()
     figures["ops queues 'low' after purge"] = after
     raw = {p.package: db.llen(f"{p.package}:low") for p in (alpha, beta)}
@@ -154,7 +170,7 @@ def test_two_projects_on_one_redis_database_do_not_see_each_other(
     for project in (alpha, beta):
         assert set(sent[project.package]) <= set(runs(db, project)), f"{project.package}: tasks ran elsewhere"
         assert project.proc("worker-default").count(UNREGISTERED) == 0, project.proc("worker-default").log
-    assert before == {alpha.package: PARKED, beta.package: PARKED}
+    assert before == flower == {alpha.package: PARKED, beta.package: PARKED}
     assert f"purged {PARKED} message(s) from 'low'" in purged.stdout
     assert after == raw == {alpha.package: 0, beta.package: PARKED}
     assert figures[f"{alpha.package} worker exit code"] == 0
