@@ -36,6 +36,8 @@ WORKLOADS = ("Deployment", "StatefulSet")
 # Redis (plain, TLS on some managed offerings) and RabbitMQ (AMQP, AMQPS): egress to them must name its destination.
 DATASTORE_PORTS = (6379, 6380, 5672, 5671)
 ALLOWLIST_ANNOTATION = "nginx.ingress.kubernetes.io/whitelist-source-range"
+# The managed datastores' range the tests put in production's datastore.env (documentation range, RFC 5737).
+TEST_DATASTORE_CIDR = "192.0.2.0/24"
 
 
 # --- building --------------------------------------------------------------------------------------------------------
@@ -63,7 +65,14 @@ def write_secret_env(overlay: Path, values: Mapping[str, str] | None = None) -> 
     """The overlay's secret.env, as a user makes it: a copy of secret.example.env, with `values` replacing keys."""
     pairs = {**read_env_file(overlay / "secret.example.env"), **(values or {})}
     (overlay / "secret.env").write_text("".join(f"{key}={value}\n" for key, value in pairs.items()))
+    if (overlay / "datastore.example.env").exists():  # production: the managed datastores' range, also git-ignored
+        write_datastore_env(overlay)
     return pairs
+
+
+def write_datastore_env(overlay: Path, cidr: str = TEST_DATASTORE_CIDR) -> None:
+    """Production's datastore.env, as a user makes it: the example with DATASTORE_CIDR set."""
+    (overlay / "datastore.env").write_text((overlay / "datastore.example.env").read_text() + f"DATASTORE_CIDR={cidr}\n")
 
 
 def build(k8s: Path, overlay: str) -> list[dict]:
@@ -454,6 +463,19 @@ def _check_network(m: Manifests, check: Checks) -> None:
             ports = {p.get("port") for p in rule.get("ports", [])}
             if ports & set(DATASTORE_PORTS):
                 check(rule.get("to"), f"{ref(policy)}: egress to any address on {sorted(ports)}; name the datastores")
+            for peer in rule.get("to", []):
+                if "ipBlock" in peer:
+                    _check_cidr(check, f"{ref(policy)}: egress ipBlock", peer["ipBlock"].get("cidr", ""))
+
+
+def _check_cidr(check: Checks, what: str, cidr: str) -> None:
+    """A real address range, not everyone (0.0.0.0/0, ::/0) and not a placeholder left in."""
+    try:
+        network = ipaddress.ip_network(cidr.strip())
+    except ValueError:
+        check(False, f"{what} {cidr!r} is not a CIDR")
+        return
+    check(network.prefixlen > 0, f"{what} {cidr!r} admits every address")
 
 
 def _check_ingresses(m: Manifests, check: Checks) -> None:
@@ -510,6 +532,13 @@ def _check_flower_exposure(m: Manifests, check: Checks) -> None:
             for open_path in ("metrics", "healthcheck"):  # Flower serves these without a login
                 served = _served_by(rule, f"{prefix}/{open_path}")
                 check(served != "flower", f"{ref(ingress)}: {prefix}/{open_path} (no login) is public")
+    # The README says Prometheus scrapes Flower's metrics: the Service must tell it where they are.
+    service = m.get("Service", "flower") or {"metadata": {}}
+    annotations = service["metadata"].get("annotations") or {}
+    scrape = {key: annotations.get(f"prometheus.io/{key}") for key in ("scrape", "port", "path")}
+    port = m.env(flower["spec"]["template"]["spec"]["containers"][0]).get("FLOWER_PORT", "5555")
+    wanted = {"scrape": "true", "port": port, "path": f"{prefix}/metrics".replace("//", "/")}
+    check(scrape == wanted, f"Service flower: Prometheus annotations {scrape} != {wanted}")
     pod_labels = m.pod_labels(flower)
     for policy in m.of("NetworkPolicy"):
         if not policy["spec"]["podSelector"] or not selects(policy["spec"]["podSelector"], pod_labels):

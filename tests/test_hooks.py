@@ -39,6 +39,11 @@ def test_spaces_around_queue_names_are_allowed() -> None:
     assert pre.validate({**GOOD, "queues": "default, high , low"}) == []
 
 
+def test_key_names_are_queue_names_with_rabbitmq() -> None:
+    # Queues live in RabbitMQ there, not under the Redis key prefix.
+    assert pre.validate({**GOOD, "broker": "rabbitmq", "queues": "default,unacked,deadletters"}) == []
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -49,6 +54,8 @@ def test_spaces_around_queue_names_are_allowed() -> None:
         ({"queues": "a,b,a"}, "lists a more than once"),
         ({"queues": " "}, "empty name"),
         ({"queues": "default,amq.direct"}, "must match"),
+        ({"queues": "default,unacked_index"}, "is a Redis key name"),
+        ({"queues": "default,redbeat"}, "is a Redis key name"),
         ({"timezone": "Europe/Atlantis"}, "not an IANA time zone"),
         ({"timezone": "../etc/passwd"}, "not an IANA time zone"),
     ],

@@ -63,12 +63,12 @@ def runs(db: redis.Redis, project: BootedProject) -> list[str]:
     return [json.loads(entry)["key"] for entry in db.lrange(f"{project.package}:diagnostics:runs", 0, -1)]
 
 
-def send(project: BootedProject, queue: str, keys: list[str]) -> None:
+def send(project: BootedProject, queue: str, keys: list[str], priority: int | None = None) -> None:
     project.client(
         f"""
         from {project.package}.tasks.diagnostics import record_run
         for key in {keys!r}:
-            record_run.apply_async(args=[key], queue={queue!r})
+            record_run.apply_async(args=[key], queue={queue!r}, priority={priority!r})
         print(json.dumps(len({keys!r})))
         """
     )
@@ -159,7 +159,19 @@ def test_two_projects_on_one_redis_database_do_not_see_each_other(
         lambda: f"{beta.package}-after-shutdown" in runs(db, beta), timeout=60
     )
 
-    # 4. Every key in the shared database sits under one project's prefix.
+    # 4. Priority tasks (kombu's "<queue>\x06\x16<step>" lists) and remote-control replies write keys of their own.
+    for project in (alpha, beta):
+        send(project, "default", [f"{project.package}-priority"], priority=9)  # alpha's worker is gone: it stays queued
+    figures[f"{beta.package} priority task ran"] = wait_for(
+        lambda: f"{beta.package}-priority" in runs(db, beta), timeout=60
+    )
+    for project in (alpha, beta):
+        app = f"{project.package}.celery_app"
+        ping = project.run(sys.executable, "-m", "celery", "--app", app, "inspect", "ping", "--timeout", "3")
+        figures[f"{project.package} inspect ping"] = (ping.stdout + ping.stderr).strip().splitlines()[-1:]
+    figures[f"{alpha.package} priority list"] = db.llen(f"{alpha.package}:default\x06\x169")
+
+    # 5. Every key in the shared database sits under one project's prefix.
     stray = sorted(k for k in db.scan_iter() if not k.startswith((f"{alpha.package}:", f"{beta.package}:")))
     figures["keys outside both prefixes"] = f"{len(stray)} {stray[:6]}"
     figures["keys per prefix"] = {p.package: sum(1 for _ in db.scan_iter(f"{p.package}:*")) for p in (alpha, beta)}
@@ -176,4 +188,7 @@ def test_two_projects_on_one_redis_database_do_not_see_each_other(
     assert figures[f"{alpha.package} worker exit code"] == 0
     assert figures[f"{beta.package} worker still running"], Path(b_worker.log).read_text()[-2000:]
     assert figures[f"{beta.package} task after the broadcast ran"]
+    assert figures[f"{beta.package} priority task ran"]
+    assert figures[f"{alpha.package} priority list"] == 1
+    assert "1 node online" in str(figures[f"{beta.package} inspect ping"])
     assert stray == []

@@ -17,6 +17,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
 KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]+")
+{%- if cookiecutter.broker == "redis" %}
+# A queue's list is "<CELERY_KEY_PREFIX>:<queue>", next to kombu's keys (unacked...) and this project's
+# (redis_store.key, RedBeat): a queue with one of these names would share a key that holds something else.
+RESERVED_QUEUE_NAMES = ("unacked", "unacked_index", "unacked_mutex", "deadletters", "idempotency", "metrics", "outbox")
+RESERVED_QUEUE_NAMES += ("diagnostics", "redbeat")
+{%- endif %}
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -113,6 +119,10 @@ class Settings(BaseSettings):
         for name in names:
             if not QUEUE_NAME.fullmatch(name):
                 raise ValueError(f"queue name {name!r} must match [a-z0-9_-]+")
+{%- if cookiecutter.broker == "redis" %}
+            if name in RESERVED_QUEUE_NAMES:
+                raise ValueError(f"queue name {name!r} is a Redis key name of this project or kombu; choose another")
+{%- endif %}
         return names
 
     @field_validator("key_prefix")
