@@ -85,7 +85,7 @@ def test_messages_of_the_unprefixed_layout_run_after_migrate_keys(project: Boote
     print(f"  worker warnings naming {COMMAND}: {len(warnings)}: {warnings[:1]}")
     print(f"  ran before migrate-keys: {ran_before}")
     print("  --dry-run:", *dry.stdout.splitlines(), sep="\n    ")
-    print(f"{COMMAND}:", *migrated.stdout.splitlines(), sep="\n    ")
+    print(f"  {COMMAND}:", *migrated.stdout.splitlines(), sep="\n    ")
     print(f"  ran after: {sorted(runs(db, project))}")
     print(f"  second run: {again.stdout.strip()}")
     print(f"  unprefixed keys left: {left}")

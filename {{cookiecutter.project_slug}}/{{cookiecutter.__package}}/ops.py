@@ -6,7 +6,7 @@
     python -m {{ cookiecutter.__package }}.ops purge QUEUE  # asks you to type the name; --yes skips
     python -m {{ cookiecutter.__package }}.ops deadletters list   # or: replay TASK_ID | --all
 {%- if cookiecutter.broker == "redis" %}
-    python -m {{ cookiecutter.__package }}.ops migrate-keys  # once, when upgrading to the prefixed key layout; --dry-run
+    python -m {{ cookiecutter.__package }}.ops migrate-keys  # once, from the unprefixed layout
 {%- endif %}
 
 Exit 0 when all is well, 1 with a one-line reason on stderr. The worker commands broadcast through the broker and
