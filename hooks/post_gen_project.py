@@ -5,6 +5,7 @@ tests/test_hooks.py can import and call the functions directly.
 """
 
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -24,8 +25,12 @@ def write_env(project: Path) -> Path:
             line = f"{key}={value.replace(PLACEHOLDER, secrets.token_urlsafe(32))}"
         lines.append(line)
     env = project / ".env"
-    env.write_text("\n".join(lines) + "\n")
-    env.chmod(0o600)  # secrets: readable by the owner only
+    # Secrets: created readable by the owner only, so there is no moment between a write and a chmod when others can
+    # read them (the umask can only remove bits from 0600).
+    fd = os.open(env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # an existing .env keeps its old mode through O_CREAT: restrict it before writing
+        out.write("\n".join(lines) + "\n")
     return env
 
 

@@ -20,6 +20,10 @@ MAX_QUEUE = 32
 TAKEN_NAMES = {"celery", "kombu", "redis", "amqp", "billiard", "vine", "pydantic", "flower", "redbeat", "tests"}
 # Celery and RabbitMQ create queues with these prefixes for events, remote control and delayed delivery.
 RESERVED_QUEUE_PREFIXES = ("celery", "amq.")
+# With the Redis broker a queue's list is "<key prefix>:<queue>", next to kombu's own keys and the project's
+# (redis_store.key, RedBeat): a queue with one of these names would share (or look like) a key holding something else.
+RESERVED_KEY_NAMES = ("unacked", "unacked_index", "unacked_mutex", "deadletters", "idempotency", "metrics", "outbox")
+RESERVED_KEY_NAMES += ("diagnostics", "redbeat")
 
 # Combinations that render but cannot work, each with the reason shown to the user.
 UNSUPPORTED: list[tuple[dict[str, str], str]] = [
@@ -55,6 +59,12 @@ def check_queues(answers: dict) -> list[str]:
         for name in names
         if name.startswith(RESERVED_QUEUE_PREFIXES)
     ]
+    if answers.get("broker") == "redis":
+        errors += [
+            f"queue name {name!r} is a Redis key name of this project or kombu (unacked, deadletters..); choose another"
+            for name in names
+            if name in RESERVED_KEY_NAMES
+        ]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         errors.append(f"queues lists {', '.join(duplicates)} more than once; each queue name must be unique")

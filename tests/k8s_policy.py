@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -34,6 +35,11 @@ RESTRICTED_VOLUMES = {
 BODY_SIZE_ANNOTATION = "nginx.ingress.kubernetes.io/proxy-body-size"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass", "IngressClass"}
 WORKLOADS = ("Deployment", "StatefulSet")
+# Redis (plain, TLS on some managed offerings) and RabbitMQ (AMQP, AMQPS): egress to them must name its destination.
+DATASTORE_PORTS = (6379, 6380, 5672, 5671)
+ALLOWLIST_ANNOTATION = "nginx.ingress.kubernetes.io/whitelist-source-range"
+# The managed datastores' range the tests put in production's datastore.env (documentation range, RFC 5737).
+TEST_DATASTORE_CIDR = "192.0.2.0/24"
 
 
 # --- building --------------------------------------------------------------------------------------------------------
@@ -61,7 +67,14 @@ def write_secret_env(overlay: Path, values: Mapping[str, str] | None = None) -> 
     """The overlay's secret.env, as a user makes it: a copy of secret.example.env, with `values` replacing keys."""
     pairs = {**read_env_file(overlay / "secret.example.env"), **(values or {})}
     (overlay / "secret.env").write_text("".join(f"{key}={value}\n" for key, value in pairs.items()))
+    if (overlay / "datastore.example.env").exists():  # production: the managed datastores' range, also git-ignored
+        write_datastore_env(overlay)
     return pairs
+
+
+def write_datastore_env(overlay: Path, cidr: str = TEST_DATASTORE_CIDR) -> None:
+    """Production's datastore.env, as a user makes it: the example with DATASTORE_CIDR set."""
+    (overlay / "datastore.env").write_text((overlay / "datastore.example.env").read_text() + f"DATASTORE_CIDR={cidr}\n")
 
 
 def build(k8s: Path, overlay: str) -> list[dict]:
@@ -301,6 +314,7 @@ def check_policies(m: Manifests, check: Checks, *, slug: str, package: str, name
         _check_process(m, check, deployment, package)
     _check_network(m, check)
     _check_ingresses(m, check)
+    _check_flower_exposure(m, check)
 
 
 def _check_namespace_and_labels(m: Manifests, check: Checks, slug: str, namespace: str) -> None:
@@ -331,7 +345,7 @@ def _check_pod(m: Manifests, check: Checks, workload: dict) -> None:
     spec = workload["spec"]["template"]["spec"]
     name = ref(workload)
     pod_labels = m.pod_labels(workload)
-    served = [s for s in m.of("Service") if selects(s["spec"].get("selector"), pod_labels)]
+    served = [s for s in m.of("Service") if s["spec"].get("selector") and selects(s["spec"]["selector"], pod_labels)]
     check(spec.get("automountServiceAccountToken") is False, f"{name}: automountServiceAccountToken must be false")
     check(spec.get("enableServiceLinks") is False, f"{name}: enableServiceLinks must be false (FLOWER_PORT=tcp://)")
     for volume in spec.get("volumes", []):
@@ -437,7 +451,8 @@ def _check_network(m: Manifests, check: Checks) -> None:
         check(own, f"{ref(workload)} is selected by no NetworkPolicy of its own")
         ports = {c["containerPort"]: c.get("name") for ctr in m.containers(workload) for c in ctr.get("ports", [])}
         for service in m.of("Service"):
-            if not selects(service["spec"].get("selector"), pod_labels):
+            selector = service["spec"].get("selector")
+            if not selector or not selects(selector, pod_labels):  # no selector: a Service with no pods
                 continue
             for service_port in service["spec"]["ports"]:
                 target = service_port.get("targetPort", service_port["port"])
@@ -445,6 +460,24 @@ def _check_network(m: Manifests, check: Checks) -> None:
                 check(number is not None, f"Service {service['metadata']['name']}: targetPort {target} not on the pods")
                 admitted = any(_allows(p, "ingress", number) for p in own)
                 check(admitted, f"{ref(workload)}: no NetworkPolicy admits traffic to port {number} of its Service")
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            if ports & set(DATASTORE_PORTS):
+                check(rule.get("to"), f"{ref(policy)}: egress to any address on {sorted(ports)}; name the datastores")
+            for peer in rule.get("to", []):
+                if "ipBlock" in peer:
+                    _check_cidr(check, f"{ref(policy)}: egress ipBlock", peer["ipBlock"].get("cidr", ""))
+
+
+def _check_cidr(check: Checks, what: str, cidr: str) -> None:
+    """A real address range, not everyone (0.0.0.0/0, ::/0) and not a placeholder left in."""
+    try:
+        network = ipaddress.ip_network(cidr.strip())
+    except ValueError:
+        check(False, f"{what} {cidr!r} is not a CIDR")
+        return
+    check(network.prefixlen > 0, f"{what} {cidr!r} admits every address")
 
 
 def _check_ingresses(m: Manifests, check: Checks) -> None:
@@ -477,6 +510,61 @@ def _check_ingresses(m: Manifests, check: Checks) -> None:
                     check(path["path"] == prefix.rstrip("/"), f"{ref(ingress)}: path {path['path']} is not {prefix}")
 
 
+def _served_by(rule: dict, path: str) -> str | None:
+    """The Service an Ingress rule sends `path` to: an Exact match, else the longest Prefix match."""
+    paths = rule["http"]["paths"]
+    exact = [p for p in paths if p.get("pathType") == "Exact" and p["path"] == path]
+    prefixes = [
+        p
+        for p in paths
+        if p.get("pathType") == "Prefix" and (path == p["path"] or path.startswith(p["path"].rstrip("/") + "/"))
+    ]
+    chosen = exact or sorted(prefixes, key=lambda p: len(p["path"]), reverse=True)
+    return chosen[0]["backend"]["service"]["name"] if chosen else None
+
+
+def _check_flower_exposure(m: Manifests, check: Checks) -> None:
+    """Flower reaches the internet only by opting in: an Ingress with an IP allow-list, never its open /metrics."""
+    flower = m.get("Deployment", "flower")
+    if not flower:
+        return
+    prefix = "/" + m.env(flower["spec"]["template"]["spec"]["containers"][0]).get("FLOWER_URL_PREFIX", "").strip("/")
+    published = False
+    for ingress in m.of("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            if _served_by(rule, prefix) != "flower":
+                continue
+            published = True
+            ranges = ingress["metadata"].get("annotations", {}).get(ALLOWLIST_ANNOTATION, "")
+            try:
+                networks = [ipaddress.ip_network(r.strip()) for r in ranges.split(",")]
+            except ValueError:
+                networks = []
+            check(networks, f"{ref(ingress)}: Flower published without an IP allow-list ({ranges!r})")
+            check(all(n.prefixlen > 0 for n in networks), f"{ref(ingress)}: allow-list {ranges!r} admits everyone")
+            for open_path in ("metrics", "healthcheck"):  # Flower serves these without a login
+                served = _served_by(rule, f"{prefix}/{open_path}")
+                check(served != "flower", f"{ref(ingress)}: {prefix}/{open_path} (no login) is public")
+    # The README says Prometheus scrapes Flower's metrics: the Service must tell it where they are.
+    service = m.get("Service", "flower") or {"metadata": {}}
+    annotations = service["metadata"].get("annotations") or {}
+    scrape = {key: annotations.get(f"prometheus.io/{key}") for key in ("scrape", "port", "path")}
+    port = m.env(flower["spec"]["template"]["spec"]["containers"][0]).get("FLOWER_PORT", "5555")
+    wanted = {"scrape": "true", "port": port, "path": f"{prefix}/metrics".replace("//", "/")}
+    check(scrape == wanted, f"Service flower: Prometheus annotations {scrape} != {wanted}")
+    pod_labels = m.pod_labels(flower)
+    for policy in m.of("NetworkPolicy"):
+        if not policy["spec"]["podSelector"] or not selects(policy["spec"]["podSelector"], pod_labels):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                namespace = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                check(
+                    namespace == "monitoring" or published,
+                    f"{ref(policy)}: admits {peer} to Flower, which has no Ingress (only Prometheus needs it)",
+                )
+
+
 def check_keda(m: Manifests, check: Checks, *, broker: str) -> None:
     """Structural checks for KEDA's objects, which kubernetes-validate has no schema for."""
     workers = {d["metadata"]["name"]: d for d in m.by_command("worker")}
@@ -503,7 +591,9 @@ def check_keda(m: Manifests, check: Checks, *, broker: str) -> None:
             check(meta.get("unsafeSsl", "false") == "false", f"{name}: unsafeSsl skips TLS verification")
             if broker == "redis":
                 check(trigger["type"] == "redis", f"{name}: trigger type {trigger['type']} for a Redis broker")
-                check(meta.get("listName") == queues[0], f"{name}: listName {meta.get('listName')} != queue {queues}")
+                # kombu's global_keyprefix (celeryconfig.py) puts "<CELERY_KEY_PREFIX>:" before every queue's list.
+                listname = f"{env.get('CELERY_KEY_PREFIX')}:{queues[0]}"
+                check(meta.get("listName") == listname, f"{name}: listName {meta.get('listName')} != {listname}")
                 for field in ("listLength", "activationListLength", "databaseIndex"):
                     check(str(meta.get(field, "")).isdigit(), f"{name}: {field} must be a number in a string")
                 url = urlsplit(env.get("CELERY_BROKER_URL") or env["REDIS_URL"])

@@ -56,6 +56,8 @@ UNSUPPORTED: list[tuple[dict[str, str], str]] = [
     ({"queues": "default,high,default"}, "lists default more than once"),
     ({"queues": "default,Bad Queue"}, "queue name 'Bad Queue' must match [a-z0-9_-]+"),
     ({"queues": "default,celeryev"}, "queue name 'celeryev' is reserved"),
+    ({"queues": "default,unacked"}, "queue name 'unacked' is a Redis key name"),
+    ({"queues": "default,deadletters"}, "queue name 'deadletters' is a Redis key name"),
     ({"queues": "default,bulk_import,bulk-import"}, "differ only in '_' versus '-'"),
     ({"queues": "default," + "q" * 33}, "is longer than 32 characters"),
     ({"timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not an IANA time zone name"),

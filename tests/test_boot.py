@@ -140,11 +140,13 @@ def test_broker_holds_the_declared_queues(booted: BootedProject) -> None:
         expected = {name: "quorum" for queue in booted.queues for name in (queue, f"{queue}.dead")}
         assert {name: types.get(name) for name in expected} == expected, types
     else:
-        # kombu's Redis transport records each queue's binding to its own direct exchange.
+        # kombu's Redis transport records each queue's binding to its own direct exchange, under the key prefix.
         bindings = booted.client(
             f"""
             from {booted.package}.redis_store import client
-            print(json.dumps({{q: sorted(client().smembers("_kombu.binding." + q)) for q in {booted.queues!r}}}))
+            from {booted.package}.settings import settings
+            key = settings.global_keyprefix + "_kombu.binding."
+            print(json.dumps({{q: sorted(client().smembers(key + q)) for q in {booted.queues!r}}}))
             """
         )
         for queue in booted.queues:

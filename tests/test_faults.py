@@ -49,6 +49,10 @@ class Stack:
     def queue(self) -> str:
         return self.project.queues[0]  # record_run is routed to the default queue
 
+    def key(self, name: str) -> str:
+        """A broker key as kombu stores it: under "<CELERY_KEY_PREFIX>:" (runs_key is "<prefix>:diagnostics:runs")."""
+        return self.runs_key.removesuffix("diagnostics:runs") + name
+
     @functools.cached_property
     def _db(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis.url, decode_responses=True, socket_timeout=5)
@@ -178,7 +182,7 @@ def test_sigkill_with_100_tasks_in_flight_loses_none(broker_stack: Stack) -> Non
     kill_group(doomed)
     killed_at = time.monotonic()
     done_before = len(stack.runs())
-    unacked = stack.db().hlen("unacked") if broker == "redis" else None
+    unacked = stack.db().hlen(stack.key("unacked")) if broker == "redis" else None
     if broker == "redis":
         # A Redis consumer looks for expired unacknowledged messages when it starts polling, then only every
         # unacked_restore_interval x unacked_restore_throttle = 100 s. A replacement started after the visibility
@@ -314,7 +318,8 @@ def test_idle_worker_reconnects_to_a_restarted_redis_in_the_same_process(stack: 
     worker.wait_for_log("ready.")
     warmup = f"idle-warmup-{uuid.uuid4().hex[:6]}"
     publish(stack, [(warmup, 0)])
-    wait_until(lambda: stack.ran(warmup) and not stack.db().hlen("unacked"), 30, "a first task done and acknowledged")
+    acked = stack.key("unacked")
+    wait_until(lambda: stack.ran(warmup) and not stack.db().hlen(acked), 30, "a first task done and acknowledged")
     stack.redis.kill()
     time.sleep(3)
     stack.redis.restart()
@@ -369,7 +374,7 @@ def test_busy_worker_reconnects_to_a_restarted_redis_and_finishes_its_task(stack
     # index (AOF kept it) and comes back after visibility_timeout, where the idempotent tasks skip it. Either way it
     # is accounted for, and it was not put back in the queue while it ran (that would run it twice).
     waiting = key in unacked_keys(stack)
-    queued = stack.db().llen(stack.queue)
+    queued = stack.db().llen(stack.key(stack.queue))
     print(
         f"Redis restart, task in flight: reconnected {reconnected:.1f}s after Redis was back, same process "
         f"(pid {worker.popen.pid}); the running task finished and ran {stack.ran(key)} time(s); its message "
@@ -396,7 +401,7 @@ def test_kombu_own_redis_transport_still_crashes_on_that_restart(stack: Stack) -
 def unacked_keys(stack: Stack) -> set[str]:
     """record_run keys of the messages kombu's Redis transport holds as delivered but unacknowledged."""
     keys = set()
-    for raw in stack.db().hvals("unacked"):
+    for raw in stack.db().hvals(stack.key("unacked")):
         message = json.loads(raw)[0]
         args = json.loads(base64.b64decode(message["body"]))[0]
         keys.add(args[0])
@@ -450,7 +455,8 @@ def test_sigterm_during_a_long_task_finishes_it_and_exits_0(stack: Stack) -> Non
     assert code == 0
     assert stack.ran(key) == 1, "the running task should finish during a warm shutdown"
     db = stack.db()
-    assert (db.llen(stack.queue), db.hlen("unacked")) == (0, 0), "the finished task's message was not acknowledged"
+    left = (db.llen(stack.key(stack.queue)), db.hlen(stack.key("unacked")))
+    assert left == (0, 0), "the finished task's message was not acknowledged"
 
 
 # Redis broker only, for the same reason as above.
@@ -483,7 +489,7 @@ def test_cold_shutdown_waits_the_soft_timeout_then_requeues_the_task(stack: Stac
     took = time.monotonic() - quit_at
     assert "Initiating Soft Shutdown, terminating in" in worker.log.read_text()
     assert stack.ran(key) == 0, "the task finished: it should have been cancelled"
-    requeued = stack.db().llen(stack.queue)
+    requeued = stack.db().llen(stack.key(stack.queue))
     heir = stack.worker("cold-heir")
     heir.wait_for_log("ready.")
     wait_until(lambda: stack.ran(key) == 1, 60, "the requeued task completing on a new worker")
@@ -565,7 +571,8 @@ def test_bad_messages_are_refused_recorded_and_the_worker_keeps_going(stack: Sta
     )
     assert raised["no_queue"] == "QueueNotFound: \"Queue 'nobody' missing from task_queues\""
     db = stack.db()
-    assert not db.exists("nobody", "_kombu.binding.nobody"), "a queue nobody declared was created"
+    created = db.exists(*(name for key in ("nobody", "_kombu.binding.nobody") for name in (key, stack.key(key))))
+    assert not created, "a queue nobody declared was created"
     log = worker.log.read_text()
     assert "big-delay" not in log and "no-queue" not in log
 

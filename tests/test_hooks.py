@@ -1,7 +1,9 @@
 """Unit tests of the hooks, called as functions (the rendered hook runs `main` with the answers)."""
 
 import importlib.util
+import io
 import json
+import os
 import stat
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +39,11 @@ def test_spaces_around_queue_names_are_allowed() -> None:
     assert pre.validate({**GOOD, "queues": "default, high , low"}) == []
 
 
+def test_key_names_are_queue_names_with_rabbitmq() -> None:
+    # Queues live in RabbitMQ there, not under the Redis key prefix.
+    assert pre.validate({**GOOD, "broker": "rabbitmq", "queues": "default,unacked,deadletters"}) == []
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -47,6 +54,8 @@ def test_spaces_around_queue_names_are_allowed() -> None:
         ({"queues": "a,b,a"}, "lists a more than once"),
         ({"queues": " "}, "empty name"),
         ({"queues": "default,amq.direct"}, "must match"),
+        ({"queues": "default,unacked_index"}, "is a Redis key name"),
+        ({"queues": "default,redbeat"}, "is a Redis key name"),
         ({"timezone": "Europe/Atlantis"}, "not an IANA time zone"),
         ({"timezone": "../etc/passwd"}, "not an IANA time zone"),
     ],
@@ -69,6 +78,53 @@ def test_env_gets_fresh_secrets_and_keeps_the_rest(tmp_path: Path) -> None:
     assert env[0] == "# PASSWORD=change-me" and env[2] == "B=keep" and env[3].startswith("C=admin:")
     secrets = [env[1].split("=", 1)[1], env[3].split(":", 1)[1]]
     assert post.PLACEHOLDER not in secrets and len(set(secrets)) == 2 and all(len(s) >= 32 for s in secrets)
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+
+class _Watched:
+    """A file object that records the file's mode each time data is written to it."""
+
+    def __init__(self, file, modes: list[int]) -> None:
+        self._file, self._modes = file, modes
+
+    def write(self, data):
+        self._modes.append(stat.S_IMODE(os.fstat(self._file.fileno()).st_mode))
+        return self._file.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._file.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["fresh", "over-a-readable-env"])
+def test_env_secrets_are_never_readable_by_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """The mode is 0600 when the secrets are written, not only afterwards (a usual umask 022 would give 0644)."""
+    (tmp_path / ".env.example").write_text("A=change-me\n")
+    if existing:  # a re-run over an .env someone made world-readable
+        (tmp_path / ".env").write_text("old\n")
+        (tmp_path / ".env").chmod(0o644)
+    modes: list[int] = []
+    real_open, real_fdopen = io.open, os.fdopen
+
+    def watched_open(file, *args, **kwargs):
+        opened = real_open(file, *args, **kwargs)
+        return _Watched(opened, modes) if str(file).endswith(".env") else opened
+
+    monkeypatch.setattr(io, "open", watched_open)
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _Watched(real_fdopen(fd, *a, **k), modes))
+    old_umask = os.umask(0o022)
+    try:
+        post.write_env(tmp_path)
+    finally:
+        os.umask(old_umask)
+    assert modes and set(modes) == {0o600}, [oct(m) for m in modes]
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from k8s_policy import (
     OVERLAYS,
+    TEST_DATASTORE_CIDR,
     Checks,
     Manifests,
     build,
@@ -29,6 +30,7 @@ from k8s_policy import (
     require_kubectl,
     schema_problems,
     validation_versions,
+    write_datastore_env,
     write_secret_env,
 )
 from template import CHOICES, SUPPORTED, case_id, render
@@ -245,3 +247,137 @@ def test_no_manifests_without_kubernetes(answers: dict[str, str], tmp_path: Path
     project = render(tmp_path, answers)
     assert not (project / "deploy" / "k8s").exists()
     assert "## Kubernetes" not in (project / "README.md").read_text()
+
+
+def test_flower_reaches_the_internet_only_through_the_opt_in_allow_list(built: Built) -> None:
+    """No Ingress for Flower by default; the opt-in component builds only once allowlist.env names the ranges."""
+    if built.option("use_flower") != "y":
+        pytest.skip("use_flower=n: no Flower")
+    for overlay in OVERLAYS:
+        routed = [i for i in Manifests(built.docs[overlay]).of("Ingress") if "flower" in json.dumps(i["spec"])]
+        assert routed == [], f"{overlay}: an Ingress reaches Flower by default"
+    component = built.k8s / "components" / "flower-ingress"
+    overlay = built.k8s / "overlays" / "flower-opt-in"
+    kubectl = require_kubectl()
+    try:
+        # Production as a user opts in: its kustomization with the commented `components:` lines enabled.
+        shutil.copytree(built.k8s / "overlays" / "production", overlay, dirs_exist_ok=True)
+        with (overlay / "kustomization.yaml").open("a") as kustomization:
+            kustomization.write("\ncomponents:\n  - ../../components/flower-ingress\n")
+        refused = {}
+        for case, text in {
+            "no allowlist.env": None,
+            "the example copied unchanged": (component / "allowlist.example.env").read_text(),
+        }.items():
+            (component / "allowlist.env").unlink(missing_ok=True)
+            if text is not None:
+                (component / "allowlist.env").write_text(text)
+            result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+            assert result.returncode != 0, f"{case}: the opt-in overlay built without an allow-list"
+            refused[case] = result.stderr.strip().splitlines()[-1][-160:]
+        ranges = "203.0.113.0/24,198.51.100.7/32"
+        (component / "allowlist.env").write_text(f"FLOWER_ALLOWED_SOURCE_RANGES={ranges}\n")
+        manifests = Manifests(build(built.k8s, "flower-opt-in"))
+    finally:
+        shutil.rmtree(overlay)
+        (component / "allowlist.env").unlink(missing_ok=True)
+    for case, error in refused.items():
+        print(f"\nopt-in Flower Ingress, {case}: build refused: ...{error}")
+    ingress = manifests.get("Ingress", "flower")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/whitelist-source-range"] == ranges
+    assert manifests.get("ConfigMap", "flower-allowlist") is None, "the build-time allow-list must not be deployed"
+    check = Checks()
+    check_policies(manifests, check, slug=built.slug, package=built.package, namespace=built.namespace("production"))
+    check.assert_ok()
+    print(f"opt-in Flower Ingress with {ranges}: {check.count} policy checks hold")
+
+
+def test_production_needs_the_datastore_range_to_build(built: Built) -> None:
+    """Production's NetworkPolicy gets the managed datastores' range from datastore.env, or the build fails."""
+    overlay = built.k8s / "overlays" / "production"
+    kubectl = require_kubectl()
+    refused = {}
+    try:
+        for case, text in {
+            "no datastore.env": None,
+            "the example copied unchanged": (overlay / "datastore.example.env").read_text(),
+        }.items():
+            (overlay / "datastore.env").unlink(missing_ok=True)
+            if text is not None:
+                (overlay / "datastore.env").write_text(text)
+            result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+            assert result.returncode != 0, f"{case}: production built without the datastore range"
+            refused[case] = result.stderr.strip().splitlines()[-1][-160:]
+    finally:
+        write_datastore_env(overlay)
+    for case, error in refused.items():
+        print(f"\nproduction, {case}: build refused: ...{error}")
+    policy = Manifests(built.docs["production"]).get("NetworkPolicy", "app-to-datastores")
+    assert policy["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": TEST_DATASTORE_CIDR}}]
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "TODO-managed-datastore-cidr", ""])
+def test_policy_check_refuses_datastore_egress_to_everyone_or_a_placeholder(built: Built, cidr: str) -> None:
+    docs = json.loads(json.dumps(built.docs["production"]))  # a copy to spoil
+    policy = Manifests(docs).get("NetworkPolicy", "app-to-datastores")
+    policy["spec"]["egress"][0]["to"] = [{"ipBlock": {"cidr": cidr}}]
+    check = Checks()
+    check_policies(Manifests(docs), check, slug=built.slug, package=built.package, namespace=built.slug)
+    assert any("app-to-datastores" in failure and repr(cidr) in failure for failure in check.failures), check.failures
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_list_names_follow_an_overlay_prefix(built: Built, overlay: str) -> None:
+    """An overlay that sets its own CELERY_KEY_PREFIX: KEDA counts the lists the workers then use."""
+    if (built.option("broker"), built.option("autoscaling")) != ("redis", "keda"):
+        pytest.skip("KEDA's listName exists with broker=redis and autoscaling=keda only")
+    copy = built.k8s / "overlays" / f"{overlay}-prefix"
+    shutil.copytree(built.k8s / "overlays" / overlay, copy)
+    try:
+        kustomization = copy / "kustomization.yaml"
+        merge = f"      - ENVIRONMENT={overlay}\n"
+        assert merge in kustomization.read_text()
+        kustomization.write_text(kustomization.read_text().replace(merge, merge + "      - CELERY_KEY_PREFIX=other\n"))
+        manifests = Manifests(build(built.k8s, copy.name))
+    finally:
+        shutil.rmtree(copy)
+    names = sorted(s["spec"]["triggers"][0]["metadata"]["listName"] for s in manifests.of("ScaledObject", "keda.sh"))
+    print(f"\n{overlay} with CELERY_KEY_PREFIX=other: listName {names}")
+    assert names == sorted(f"other:{q}" for q in built.option("queues").replace(" ", "").split(","))
+    keda = Checks()
+    check_keda(manifests, keda, broker="redis")
+    keda.assert_ok()
+
+
+def test_generated_project_refuses_open_address_ranges(tmp_path: Path) -> None:
+    """kustomize copies values unchecked: the project's own tests/test_deploy_values.py refuses the open ones."""
+    project = render(tmp_path, {})
+    allowlist = project / "deploy" / "k8s" / "components" / "flower-ingress" / "allowlist.env"
+    datastore = project / "deploy" / "k8s" / "overlays" / "production" / "datastore.env"
+
+    def run() -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "pytest", "--noconftest", "-p", "no:cacheprovider", "-q", "-rs"]
+        argv.append("tests/test_deploy_values.py")
+        return subprocess.run(argv, cwd=project, capture_output=True, text=True, check=False)
+
+    outcomes = {}
+    for case, allowed, cidr in [
+        ("no files yet", None, None),
+        ("empty allow-list", "FLOWER_ALLOWED_SOURCE_RANGES=", "10.20.0.0/24"),
+        ("allow-list 0.0.0.0/0", "FLOWER_ALLOWED_SOURCE_RANGES=203.0.113.0/24,0.0.0.0/0", "10.20.0.0/24"),
+        ("datastore ::/0", "FLOWER_ALLOWED_SOURCE_RANGES=203.0.113.0/24", "::/0"),
+        ("real ranges", "FLOWER_ALLOWED_SOURCE_RANGES=203.0.113.0/24", "10.20.0.0/24"),
+    ]:
+        for path, line in ((allowlist, allowed), (datastore, None if cidr is None else f"DATASTORE_CIDR={cidr}")):
+            path.unlink(missing_ok=True)
+            if line is not None:
+                path.write_text(line + "\n")
+        result = run()
+        failed = [line for line in result.stdout.splitlines() if line.startswith("E ") and ".env:" in line]
+        outcomes[case] = (result.returncode, failed[:1])
+    for case, outcome in outcomes.items():
+        print(f"\n{case}: exit {outcome[0]} {outcome[1]}")
+    assert outcomes["no files yet"][0] == 0
+    assert outcomes["real ranges"] == (0, [])
+    for case in ("empty allow-list", "allow-list 0.0.0.0/0", "datastore ::/0"):
+        assert outcomes[case][0] == 1 and outcomes[case][1], f"{case}: {outcomes[case]}"

@@ -98,6 +98,16 @@ def test_bad_queue_lists_are_refused(queues: str) -> None:
         make(queues=queues)
 
 
+{%- if cookiecutter.broker == "redis" %}
+
+
+@pytest.mark.parametrize("name", ["unacked", "deadletters", "redbeat"])
+def test_queue_names_of_redis_keys_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match=f"queue name '{name}' is a Redis key name"):
+        make(queues=f"default,{name}")
+{%- endif %}
+
+
 def test_unknown_timezone_is_refused() -> None:
     with pytest.raises(ValidationError, match="not an IANA time zone"):
         make(timezone="Mars/Olympus")
@@ -212,3 +222,43 @@ def test_a_ca_bundle_without_pem_certificates_is_refused(tmp_path, content: byte
     ca.write_bytes(content)
     with pytest.raises(ValidationError, match=r"CELERY_SSL_CA_CERTS .* holds no usable PEM certificate"):
         make(redis_url="rediss://redis.example.com:6380/0", ssl_ca_certs=str(ca))
+
+
+@pytest.mark.parametrize("prefix", ["", "acme:jobs", "acme jobs"])
+def test_bad_key_prefix_is_refused(prefix: str) -> None:
+    with pytest.raises(ValidationError, match="CELERY_KEY_PREFIX"):
+        make(key_prefix=prefix)
+
+
+def test_results_and_broker_keys_carry_the_key_prefix() -> None:
+    """Keys as Redis stores them (an unprefixed client on the test Redis): a result{% if cookiecutter.broker == "redis" %} and a message kombu published{% endif %}."""
+    import os
+    import uuid
+
+    import redis
+
+    from {{ cookiecutter.__package }}.celery_app import app
+    from {{ cookiecutter.__package }}.settings import settings
+
+    prefix = f"{settings.key_prefix}:"
+    db = redis.Redis.from_url(os.environ["REDIS_URL"])
+    task_id = f"prefix-check-{uuid.uuid4().hex}"
+    app.backend.store_result(task_id, 42, "SUCCESS")
+    try:
+        assert db.exists(f"{prefix}celery-task-meta-{task_id}") == 1
+        assert db.exists(f"celery-task-meta-{task_id}") == 0
+    finally:
+        app.backend.forget(task_id)
+{%- if cookiecutter.broker == "redis" %}
+    from kombu import Exchange, Queue
+
+    name = f"prefix-check-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    with app.connection_for_write() as connection:
+        connection.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key=name, declare=[queue])
+        try:
+            assert db.llen(f"{prefix}{name}") == 1
+            assert db.exists(name, f"_kombu.binding.{name}") == 0
+        finally:
+            connection.default_channel.queue_delete(name)
+{%- endif %}

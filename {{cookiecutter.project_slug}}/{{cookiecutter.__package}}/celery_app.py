@@ -1,5 +1,9 @@
 """The Celery application: `celery --app {{ cookiecutter.__package }}.celery_app ...` loads this module."""
 
+{% if cookiecutter.broker == "redis" -%}
+import logging
+
+{% endif -%}
 from celery import Celery, signals
 
 from . import guards as _guards  # noqa: F401  (connects the handlers that dead-letter refused messages)
@@ -7,6 +11,7 @@ from . import logs, task_log  # noqa: F401  (task_log connects its signal handle
 {% if cookiecutter.broker == "rabbitmq" -%}
 from .queues import dead_letter_queues
 {% else -%}
+from .key_migration import warning as unprefixed_keys_warning
 from .redis_transport import register as register_redis_transport
 {% endif -%}
 from .settings import settings
@@ -45,4 +50,19 @@ def declare_dead_letter_queues(sender: object, **_: object) -> None:
     with app.connection_for_write() as connection:
         for queue in dead_letter_queues():
             queue(connection.default_channel).declare()
+{%- endif %}
+{%- if cookiecutter.broker == "redis" %}
+
+
+@signals.worker_ready.connect
+def warn_about_unprefixed_keys(sender: object, **_: object) -> None:
+    """Messages left under kombu's unprefixed keys by a deployment before CELERY_KEY_PREFIX reached the broker."""
+    try:
+        with app.connection_for_read() as connection:
+            message = unprefixed_keys_warning(app, connection.default_channel)
+    except Exception as exc:  # a check, not a reason to stop a worker that is otherwise ready
+        logging.getLogger(__name__).warning("could not check for unprefixed broker keys: %s", exc)
+        return
+    if message:
+        logging.getLogger(__name__).warning(message)
 {%- endif %}

@@ -56,6 +56,10 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 broker_transport_options = {
     # See the rule in settings.py: above the longest countdown plus the hard time limit.
     "visibility_timeout": settings.visibility_timeout,
+    # "<CELERY_KEY_PREFIX>:" before every key and channel kombu uses: queue lists, unacked, the _kombu.binding.* tables
+    # and the broadcast channels of remote control (shutdown, revoke) and events. Without it, projects sharing a Redis
+    # database consume each other's tasks and obey each other's broadcasts. KEDA's listName carries it too (keda.yaml).
+    "global_keyprefix": settings.global_keyprefix,
 }
 {%- endif %}
 
@@ -92,6 +96,8 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 result_expires = settings.result_expires
+# "<CELERY_KEY_PREFIX>:celery-task-meta-<id>": results (and their pub/sub channels) of projects sharing a Redis apart.
+result_backend_transport_options = {"global_keyprefix": settings.global_keyprefix}
 
 # Set per worker from its queue's profile in celery_app.py unless CELERY_WORKER_PREFETCH_MULTIPLIER overrides it.
 worker_prefetch_multiplier = settings.worker_prefetch_multiplier or 1

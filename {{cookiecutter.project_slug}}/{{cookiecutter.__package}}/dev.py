@@ -96,6 +96,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
+    # Here, not only where a server starts: with REDIS_URL set no server starts, and dev.env and the logs go here too.
+    RUN_DIR.mkdir(exist_ok=True)
     env = _env()
     servers = start_servers(env)
     for server in servers:

@@ -5,6 +5,9 @@
     python -m {{ cookiecutter.__package }}.ops active       # also: reserved, scheduled, registered
     python -m {{ cookiecutter.__package }}.ops purge QUEUE  # asks you to type the name; --yes skips
     python -m {{ cookiecutter.__package }}.ops deadletters list   # or: replay TASK_ID | --all
+{%- if cookiecutter.broker == "redis" %}
+    python -m {{ cookiecutter.__package }}.ops migrate-keys  # once, from the unprefixed layout
+{%- endif %}
 
 Exit 0 when all is well, 1 with a one-line reason on stderr. The worker commands broadcast through the broker and
 wait --timeout seconds (default 2) for replies: fine for a person, too costly for a probe (use health.py there).
@@ -19,6 +22,9 @@ from typing import Any
 from . import deadletters
 from .broker_stats import connect, declared_queues, purge, queue_depths
 from .celery_app import app
+{%- if cookiecutter.broker == "redis" %}
+from .key_migration import migrate
+{%- endif %}
 
 DEFAULT_TIMEOUT = 2.0
 
@@ -128,6 +134,20 @@ def cmd_purge(args: argparse.Namespace) -> None:
     print(f"purged {removed} message(s) from {args.queue!r}")
 
 
+{%- if cookiecutter.broker == "redis" %}
+
+
+def cmd_migrate_keys(args: argparse.Namespace) -> None:
+    _check_broker()
+    with connect(app) as connection:
+        lines = migrate(app, connection.default_channel, dry_run=args.dry_run)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("nothing to migrate: no unprefixed queue lists, bindings or unacked messages of the declared queues")
+{%- endif %}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "queues": cmd_queues,
     "workers": cmd_workers,
@@ -136,6 +156,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "scheduled": cmd_scheduled,
     "registered": cmd_registered,
     "purge": cmd_purge,
+{%- if cookiecutter.broker == "redis" %}
+    "migrate-keys": cmd_migrate_keys,
+{%- endif %}
 }
 
 
@@ -153,6 +176,12 @@ def parser() -> argparse.ArgumentParser:
     purge_cmd = commands.add_parser("purge", help="delete the ready messages of one declared queue")
     purge_cmd.add_argument("queue")
     purge_cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+{%- if cookiecutter.broker == "redis" %}
+    migrate_cmd = commands.add_parser(
+        "migrate-keys", help="move messages of the unprefixed key layout under CELERY_KEY_PREFIX (RUNBOOK.md)"
+    )
+    migrate_cmd.add_argument("--dry-run", action="store_true", help="print what would move, change nothing")
+{%- endif %}
     # Handled before parsing (main): everything after the word goes to deadletters.main unchanged.
     commands.add_parser("deadletters", add_help=False, help="list | replay TASK_ID | replay --all")
     return root

@@ -22,6 +22,13 @@ PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
 # URL schemes that connect over TLS: their TLS options come from settings (redis_ssl, broker_use_ssl), never the URL.
 TLS_SCHEMES = {"rediss", "amqps"}
+KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]+")
+{%- if cookiecutter.broker == "redis" %}
+# A queue's list is "<CELERY_KEY_PREFIX>:<queue>", next to kombu's keys (unacked...) and this project's
+# (redis_store.key, RedBeat): a queue with one of these names would share a key that holds something else.
+RESERVED_QUEUE_NAMES = ("unacked", "unacked_index", "unacked_mutex", "deadletters", "idempotency", "metrics", "outbox")
+RESERVED_QUEUE_NAMES += ("diagnostics", "redbeat")
+{%- endif %}
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -135,7 +142,9 @@ class Settings(BaseSettings):
     idempotency_ttl: int = 7 * 86_400
     # json: one JSON object per line, for log pipelines; text: readable in a terminal (logs.py).
     log_format: Literal["json", "text"] = Field(default="json", validation_alias=AliasChoices("LOG_FORMAT"))
-    # Prefix for every Redis key this project writes, so several projects can share one Redis.
+    # Prefix for every Redis key this project writes, so several projects can share one Redis database: its own keys,
+    # RedBeat's, the result backend's{% if cookiecutter.broker == "redis" %} and the broker's (queues, unacked, bindings, broadcast channels){% endif %}. No ":" in it:
+    # "<prefix>:" is then never the start of another project's prefix.
     key_prefix: str = "{{ cookiecutter.__package }}"
 
     # Beat (RedBeat). Defaults to REDIS_URL, set explicitly: RedBeat's fallback to broker_url is deprecated.
@@ -163,12 +172,23 @@ class Settings(BaseSettings):
         for name in names:
             if not QUEUE_NAME.fullmatch(name):
                 raise ValueError(f"queue name {name!r} must match [a-z0-9_-]+")
+{%- if cookiecutter.broker == "redis" %}
+            if name in RESERVED_QUEUE_NAMES:
+                raise ValueError(f"queue name {name!r} is a Redis key name of this project or kombu; choose another")
+{%- endif %}
         return names
 
     @field_validator("ssl_ca_certs")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None  # `CELERY_SSL_CA_CERTS=` in .env means the system's CA store, not a file named ""
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, prefix: str) -> str:
+        if not KEY_PREFIX.fullmatch(prefix):
+            raise ValueError(f"CELERY_KEY_PREFIX {prefix!r} must match [A-Za-z0-9_.-]+ (e.g. the package name)")
+        return prefix
 
     @field_validator("timezone")
     @classmethod
@@ -331,6 +351,11 @@ class Settings(BaseSettings):
         # server_hostname None: kombu fills in the URL's host, which turns on SNI and the host name check (py-amqp
         # checks the host name only when it is given one; plain amqps:// verifies the chain alone).
         return {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": self.ssl_ca_certs, "server_hostname": None}
+
+    @property
+    def global_keyprefix(self) -> str:
+        """What kombu's Redis transport and Celery's Redis result backend put before every key and channel name."""
+        return f"{self.key_prefix}:"
 
     @property
     def redbeat_key_prefix(self) -> str:
