@@ -14,6 +14,9 @@ result_backend = settings.result_backend
 broker_connection_retry_on_startup = True
 # None: keep retrying while the broker is away (a worker that gives up becomes a crash loop in the orchestrator).
 broker_connection_max_retries = None
+# Celery's consumer plus heartbeat touches while it waits for the broker: the liveness probe keeps a worker that is
+# reconnecting (it resumes by itself) and still restarts one whose main loop is stuck (worker_steps.py).
+worker_consumer = "{{ cookiecutter.__package }}.worker_steps:HeartbeatConsumer"
 {%- if cookiecutter.broker == "rabbitmq" %}
 broker_transport_options = {
     # Publisher confirms: `delay()` returns only once RabbitMQ has the message, so a broker crash loses nothing sent.
@@ -89,7 +92,7 @@ enable_utc = True
 # Beat: RedBeat keeps the schedule, each entry's last run and a lock in Redis. No schedule file on disk, and a second
 # beat started by mistake (or as a standby) waits for the lock instead of sending every task twice.
 # https://github.com/sibson/redbeat
-beat_scheduler = "redbeat.RedBeatScheduler"
+beat_scheduler = "{{ cookiecutter.__package }}.beat_scheduler:Scheduler"
 beat_schedule = _beat_schedule()
 redbeat_redis_url = settings.redbeat_redis_url
 # Set explicitly: otherwise RedBeat falls back to broker_transport_options (deprecated) and warns at every start.
