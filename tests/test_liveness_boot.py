@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +28,13 @@ from template import CHOICES
 pytestmark = pytest.mark.boot
 
 INTERVAL, STALE = 1, 5
-PROBE_ENV = {"WORKER_HEARTBEAT_INTERVAL": str(INTERVAL), "WORKER_HEARTBEAT_STALE_AFTER": str(STALE)}
+PROBE_ENV = {
+    "WORKER_HEARTBEAT_INTERVAL": str(INTERVAL),
+    "WORKER_HEARTBEAT_STALE_AFTER": str(STALE),
+    # The settings' rule, kept with the shorter window: one Redis connection attempt (connect + read) < stale limit.
+    "CELERY_REDIS_SOCKET_CONNECT_TIMEOUT": "1",
+    "CELERY_REDIS_SOCKET_TIMEOUT": "2",
+}
 # Longer than the probe's whole window: without the reconnection touches the probe fails about STALE s in.
 OUTAGE = 3 * STALE
 
@@ -58,10 +65,11 @@ class Stack:
     def heartbeat(self, name: str) -> Path:
         return self.project.logs / f"{name}.heartbeat"
 
-    def health(self, name: str) -> tuple[int, str]:
-        """The liveness probe exactly as Kubernetes runs it, with the worker's environment."""
+    def health(self, name: str, *args: str) -> tuple[int, str]:
+        """The liveness probe (`--ready`: the readiness and startup probe) as Kubernetes runs it, with the worker's
+        environment."""
         env = {"WORKER_NAME": name, "WORKER_HEARTBEAT_FILE": str(self.heartbeat(name)), **PROBE_ENV}
-        result = self.project.module("health", "worker", env=env)
+        result = self.project.module("health", "worker", *args, env=env)
         return result.returncode, (result.stderr or result.stdout).strip()
 
     def publish(self, key: str, seconds: float = 0) -> None:
@@ -142,8 +150,10 @@ def test_worker_waiting_for_its_broker_stays_live_and_reconnects_in_the_same_pro
     assert stack.health("outage")[0] == 0
     pid = worker.popen.pid
 
+    assert stack.health("outage", "--ready")[0] == 0, "connected: ready"
     failures: list[str] = []
     probes = 0
+    ready_during: list[str] = []
 
     def probe() -> None:
         nonlocal probes
@@ -157,6 +167,7 @@ def test_worker_waiting_for_its_broker_stays_live_and_reconnects_in_the_same_pro
     while time.monotonic() - down_at < OUTAGE:
         probe()
         time.sleep(0.5)
+    ready_during.append(stack.health("outage", "--ready")[1])  # not ready while reconnecting
     stack.broker.restart()
     up_at = time.monotonic()
     outage = up_at - down_at
@@ -176,6 +187,8 @@ def test_worker_waiting_for_its_broker_stays_live_and_reconnects_in_the_same_pro
     assert failures == [], "the liveness probe failed while the worker waited for its broker:\n" + "\n".join(failures)
     assert worker.popen.poll() is None and worker.popen.pid == pid
     assert worker.count("ready.") == 1, "the worker started again instead of reconnecting"
+    assert "not connected to the broker" in ready_during[0], ready_during
+    assert stack.health("outage", "--ready")[0] == 0, "reconnected: ready again"
 
 
 def test_frozen_main_loop_fails_the_probe_within_the_stale_limit(broker_stack: Stack) -> None:
@@ -195,8 +208,60 @@ def test_frozen_main_loop_fails_the_probe_within_the_stale_limit(broker_stack: S
         os.kill(worker.popen.pid, signal.SIGCONT)
     print(f"main process stopped: probe failed {failed_after:.1f}s later (limit {STALE}s): {result[-1][1]}")
     assert "main loop is stuck" in result[-1][1]
+    # The property under test, not a speed: the probe fails once the file is STALE old (plus a probe run and slack
+    # for a busy host), not whenever something else gives out.
+    assert failed_after <= STALE + 10, f"the probe failed {failed_after:.1f}s after the freeze; stale limit {STALE}s"
     # Thawed, the same process touches its heartbeat again: the probe recovers without a restart.
     wait_until(lambda: stack.health("frozen")[0] == 0, 60, "the probe passing again after SIGCONT")
+
+
+def probe_for(stack: Stack, name: str, seconds: float) -> tuple[list[str], list[str]]:
+    """Run the liveness and readiness probes for `seconds`: (liveness failures, readiness results)."""
+    started, dead, ready = time.monotonic(), [], []
+    while time.monotonic() - started < seconds:
+        code, text = stack.health(name)
+        if code != 0:
+            dead.append(f"{time.monotonic() - started:.1f}s: {text}")
+        ready_code, ready_text = stack.health(name, "--ready")
+        ready.append(f"{ready_code}: {ready_text}"[:200])
+        time.sleep(0.5)
+    return dead, ready
+
+
+def test_worker_with_a_wrong_broker_password_is_live_but_never_ready(redis_stack: Stack, tmp_path: Path) -> None:
+    """A bad Secret: kombu retries the refused password forever. Liveness must not restart the worker (it would only
+    crash-loop), and readiness must fail, so a rollout of it stalls instead of replacing working workers."""
+    guarded = services.start_redis(tmp_path / "guarded", password="right-password")
+    try:
+        wrong = guarded.url.replace("right-password", "wrong-password")
+        worker = redis_stack.worker("badauth", CELERY_BROKER_URL=wrong)
+        wait_until(lambda: redis_stack.heartbeat("badauth").exists(), 60, "a first heartbeat")
+        dead, ready = probe_for(redis_stack, "badauth", 2 * STALE)
+        log = worker.log.read_text(errors="replace")
+        print(f"wrong password, {2 * STALE}s of probes: {len(dead)} liveness failures; readiness: {ready[-1]}")
+        assert worker.popen.poll() is None, f"the worker exited:\n{services.log_tail(worker.log)}"
+        assert "invalid username-password pair" in log or "Authentication" in log, services.log_tail(worker.log)
+        assert dead == [], "liveness failed while the worker retried its broker:\n" + "\n".join(dead)
+        assert all(r.startswith("1: ") and "not connected to the broker" in r for r in ready), ready
+    finally:
+        guarded.kill()
+
+
+def test_worker_on_an_unresponsive_broker_stays_live(redis_stack: Stack) -> None:
+    """A blackholed broker: the kernel completes the TCP handshake (listen backlog), nothing ever answers. Each
+    connection attempt must end (socket timeouts) before the heartbeat goes stale; PROBE_ENV shortens the timeouts
+    with the stale limit, keeping the rule connect + read < stale."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(128)  # never accept()ed: connections queue in the backlog and see no reply
+        url = f"redis://127.0.0.1:{hole.getsockname()[1]}/0"
+        worker = redis_stack.worker("blackhole", CELERY_BROKER_URL=url)
+        wait_until(lambda: redis_stack.heartbeat("blackhole").exists(), 60, "a first heartbeat")
+        dead, ready = probe_for(redis_stack, "blackhole", OUTAGE)
+        print(f"unresponsive broker, {OUTAGE}s of probes (stale limit {STALE}s): {len(dead)} liveness failures")
+        assert worker.popen.poll() is None, f"the worker exited:\n{services.log_tail(worker.log)}"
+        assert dead == [], "liveness failed while the worker waited on an unresponsive broker:\n" + "\n".join(dead)
+        assert all(r.startswith("1: ") for r in ready), ready
 
 
 def test_solo_pool_is_refused_with_the_reason(redis_stack: Stack) -> None:
@@ -237,7 +302,11 @@ def stamps(proc: Proc, text: str) -> list[float]:
     return times
 
 
-def test_beat_rides_out_a_redis_restart_with_each_tick_sent_once(redis_stack: Stack) -> None:
+def test_two_beats_ride_out_a_redis_restart_then_the_standby_takes_over_once(redis_stack: Stack) -> None:
+    """An active beat and a standby waiting for the lock; Redis restarted under both. Both survive (the standby's
+    lock wait fails on the outage), the active one keeps sending, the standby takes over when the active one stops,
+    and no tick is sent twice (sends counted from both logs). Then Redis stays down for longer than the lock
+    timeout: the beat holding the lock exits, saying so."""
     stack, project = redis_stack, redis_stack.project
     queue = project.client(
         f"""
@@ -247,30 +316,50 @@ def test_beat_rides_out_a_redis_restart_with_each_tick_sent_once(redis_stack: St
     )
     worker = stack.worker("prices", WORKER_QUEUES=queue)
     worker.wait_for_log("ready.")
-    beat = project.start("beat-restart", ["bin/beat"], BEAT_ENV)
-    wait_until(lambda: len(stamps(beat, SENT)) >= 3, 60, "beat sending")
+    active = project.start("beat-active", ["bin/beat"], BEAT_ENV)
+    wait_until(lambda: len(stamps(active, SENT)) >= 3, 60, "beat sending")
+    standby = project.start("beat-standby", ["bin/beat"], BEAT_ENV)
+    standby.wait_for_log("beat: Starting...")
+    time.sleep(2)  # in its wait for the lock
     stack.broker.kill()
     killed_at = time.time()
-    time.sleep(3)
+    time.sleep(5)
     stack.broker.restart()
     up_at = time.time()
-    time.sleep(10)
-    assert beat.popen.poll() is None, f"beat exited after the Redis restart:\n{services.log_tail(beat.log)}"
-    sent = stamps(beat, SENT)
-    failed = stamps(beat, "Message Error")
-    succeeded = len(sent) - len(failed)
+    time.sleep(8)
+    for beat in (active, standby):
+        assert beat.popen.poll() is None, f"{beat.name} exited after the Redis restart:\n{services.log_tail(beat.log)}"
+    assert stamps(standby, SENT) == [], "the standby sent while the active beat held the lock"
+    assert active.stop(timeout=60) == 0
+    stopped_at = time.time()
+    wait_until(lambda: len(stamps(standby, SENT)) >= 3, 60, "the standby taking over")
+    taken_at = stamps(standby, SENT)[0]
+
+    sent = sorted(stamps(active, SENT) + stamps(standby, SENT))
+    failed = len(stamps(active, "Message Error")) + len(stamps(standby, "Message Error"))
+    succeeded = len(sent) - failed
     wait_until(lambda: worker.count("succeeded in") >= succeeded, 60, "the worker running every tick beat sent")
     runs = worker.count("succeeded in")
-    before, after = [t for t in sent if t < killed_at], [t for t in sent if t >= up_at]
-    during = len(sent) - len(before) - len(after)
-    # Ticks a 1 s entry should have sent while Redis was up, from the first send to the last log read.
-    expected = round(killed_at - before[0]) + 1 + round(sent[-1] - up_at)
+    up = [t for t in sent if t < killed_at or t >= up_at]
+    # Ticks a 1 s entry should have sent while Redis was up and a beat held the lock, to the last send counted.
+    expected = round(killed_at - sent[0]) + round(stopped_at - up_at) + round(sent[-1] - taken_at) + 1
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     print(
-        f"Redis down {up_at - killed_at:.1f}s under beat: {len(sent)} sends ({len(before)} before, {during} during, "
-        f"{len(after)} after), {len(failed)} failed to publish, worker ran {runs}; about {expected} expected while "
-        f"Redis was up; shortest gap {min(gaps):.2f}s, first send {after[0] - up_at:.1f}s after Redis was back"
+        f"Redis down {up_at - killed_at:.1f}s under two beats: {len(sent)} sends ({len(sent) - len(up)} during the "
+        f"outage), {failed} failed to publish, worker ran {runs}; about {expected} expected while Redis was up; "
+        f"shortest gap {min(gaps):.2f}s; standby's first send {taken_at - stopped_at:.1f}s after the active one stopped"
     )
     assert runs == succeeded, "a tick was enqueued twice, or a sent one was lost"
-    assert min(gaps) > 0.5, "two sends of the 1 s entry in the same tick: a doubled tick"
-    assert len(before) + len(after) >= expected - 2, "ticks lost beyond the outage"
+    assert min(gaps) > 0.5, "two sends of the 1 s entry in the same second: a doubled tick"
+    assert len(up) >= expected - 3, "ticks lost beyond the outage and the takeover"
+
+    # Redis gone for longer than the lock timeout: the lock has expired, the beat that held it exits with the reason.
+    stack.broker.kill()
+    try:
+        standby.popen.wait(int(BEAT_ENV["CELERY_REDBEAT_LOCK_TIMEOUT"]) + 60)
+    finally:
+        stack.broker.restart()
+    log = standby.log.read_text(errors="replace")
+    print(f"Redis down past the lock timeout: beat exit {standby.popen.returncode}")
+    assert standby.popen.returncode != 0, services.log_tail(standby.log)
+    assert "longer than the lock timeout" in log and "Redis unreachable" in log, services.log_tail(standby.log)

@@ -38,6 +38,12 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 broker_transport_options = {
     # See the rule in settings.py: above the longest countdown plus the hard time limit.
     "visibility_timeout": settings.visibility_timeout,
+    # The rule (settings.py): one connection attempt is shorter than the heartbeat stale limit. kombu's default None
+    # lets a blackholed Redis hold the worker's reconnection loop in one attempt until liveness restarts it.
+    "socket_connect_timeout": settings.redis_socket_connect_timeout,
+    # Above the BRPOP timeout (1 s): kombu reads BRPOP replies only once the socket is readable, and Redis answers
+    # within that timeout even with no message, so an idle consumer never hits this.
+    "socket_timeout": settings.redis_socket_timeout,
 }
 {%- endif %}
 
@@ -74,6 +80,9 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 result_expires = settings.result_expires
+# The result backend's Redis connection, bounded by the same rule (settings.py); Celery's defaults are None and 120 s.
+redis_socket_connect_timeout = settings.redis_socket_connect_timeout
+redis_socket_timeout = settings.redis_socket_timeout
 
 # Set per worker from its queue's profile in celery_app.py unless CELERY_WORKER_PREFETCH_MULTIPLIER overrides it.
 worker_prefetch_multiplier = settings.worker_prefetch_multiplier or 1

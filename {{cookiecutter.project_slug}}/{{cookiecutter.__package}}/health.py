@@ -1,6 +1,7 @@
 """Health checks for supervisors and container probes.
 
     python -m {{ cookiecutter.__package }}.health worker   # the worker's heartbeat file is fresh
+    python -m {{ cookiecutter.__package }}.health worker --ready   # ...and connected to its broker
     python -m {{ cookiecutter.__package }}.health beat     # a beat holds the lock, renewed lately
     python -m {{ cookiecutter.__package }}.health broker --wait 60   # the broker accepts connections
 
@@ -16,10 +17,14 @@ from .heartbeat import WAITING_FOR_BROKER, heartbeat_file, heartbeat_stale_after
 BEAT_MISSED_TICKS = 3
 
 
-def check_worker(max_age: float | None) -> str | None:
+def check_worker(max_age: float | None, ready: bool = False) -> str | None:
     """Healthy while the main process touches its heartbeat: from its event loop, or from the broker reconnection
     loop during a broker outage (a worker waiting for its broker resumes by itself once it is back: restarting it
-    would only kill the tasks its pool is finishing). Stale means the main thread is stuck, broker or not."""
+    would only kill the tasks its pool is finishing). Stale means the main thread is stuck, broker or not.
+
+    ready (`--ready`, the readiness and startup probes): also connected to the broker now. The state is
+    waiting-for-broker from start until the first connection and during every reconnection, so a worker that can
+    never connect (a wrong password, host or CA) is live but never ready, and a rollout of it stalls."""
     try:
         limit = heartbeat_stale_after() if max_age is None else max_age
     except ValueError as exc:
@@ -32,6 +37,8 @@ def check_worker(max_age: float | None) -> str | None:
         where = f"{heartbeat_file()} (limit {limit:.0f}s, last {state})"
         return f"heartbeat {age:.0f}s old at {where}: worker main loop is stuck"
     if state == WAITING_FOR_BROKER:
+        if ready:
+            return f"not connected to the broker (waiting-for-broker at {heartbeat_file()}): see the worker's log"
         print("waiting for the broker (reconnecting; live)", file=sys.stderr)
     return None
 
@@ -84,18 +91,19 @@ def report(problem: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["worker"]:
-        # The liveness probe, run on every worker every few seconds: no argparse import (a large part of its CPU).
-        return report(check_worker(None))
+    if argv in (["worker"], ["worker", "--ready"]):
+        # The probes, run on every worker every few seconds: no argparse import (a large part of their CPU).
+        return report(check_worker(None, ready=len(argv) == 2))
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.health")
     parser.add_argument("process", choices=["worker", "beat", "broker"])
     parser.add_argument("--max-age", type=float, help="worker: seconds (default WORKER_HEARTBEAT_STALE_AFTER, else 30)")
+    parser.add_argument("--ready", action="store_true", help="worker: also connected to the broker now")
     parser.add_argument("--wait", type=float, default=0, help="broker: keep trying this many seconds")
     args = parser.parse_args(argv)
     checks = {
-        "worker": lambda: check_worker(args.max_age),
+        "worker": lambda: check_worker(args.max_age, args.ready),
         "beat": check_beat,
         "broker": lambda: check_broker(args.wait),
     }
