@@ -393,7 +393,12 @@ def _check_process(m: Manifests, check: Checks, deployment: dict, package: str) 
     if script in ("worker", "beat"):
         health = ["python", "-m", f"{package}.health", script]
         check(_probe_command(container.get("livenessProbe")) == health, f"{name}: liveness must be `health {script}`")
-        check(_probe_command(container.get("startupProbe")) == health, f"{name}: startup must be `health {script}`")
+        # A worker is ready (and started) only once connected to its broker: a Secret that cannot connect stalls the
+        # rollout instead of replacing working workers with idle ones that liveness calls healthy.
+        started = [*health, "--ready"] if script == "worker" else health
+        check(
+            _probe_command(container.get("startupProbe")) == started, f"{name}: startup must be `{' '.join(started)}`"
+        )
     if script == "beat":
         check(deployment["spec"].get("replicas") == 1, f"{name}: beat must have replicas: 1")
         check(deployment["spec"].get("strategy", {}).get("type") == "Recreate", f"{name}: beat must use Recreate")
@@ -402,6 +407,20 @@ def _check_process(m: Manifests, check: Checks, deployment: dict, package: str) 
         budgets = [p for p in m.of("PodDisruptionBudget") if selects(p["spec"]["selector"], m.pod_labels(deployment))]
         check(len(budgets) == 1, f"{name}: selected by {len(budgets)} PodDisruptionBudgets, want 1")
     if script == "worker":
+        ready = [*health, "--ready"]
+        check(
+            _probe_command(container.get("readinessProbe")) == ready,
+            f"{name}: readiness must be `health worker --ready`",
+        )
+        rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
+        check(
+            rolling.get("maxUnavailable") == 0, f"{name}: maxUnavailable must be 0: old workers go only for ready ones"
+        )
+        check(deployment["spec"].get("minReadySeconds", 0) > 0, f"{name}: minReadySeconds must be set")
+        startup = container.get("startupProbe", {})
+        window = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+        deadline = deployment["spec"].get("progressDeadlineSeconds", 0)
+        check(deadline > window, f"{name}: progressDeadlineSeconds {deadline} must exceed the startup window {window}s")
         time_limit = int(env["CELERY_TASK_TIME_LIMIT"])
         grace = spec.get("terminationGracePeriodSeconds", 30)
         check(grace > time_limit, f"{name}: grace period {grace}s must exceed CELERY_TASK_TIME_LIMIT {time_limit}s")

@@ -33,6 +33,8 @@ import pytest
 
 REDIS_READY_TIMEOUT = 20.0
 RABBITMQ_READY_TIMEOUT = 60.0
+# How long a SIGKILLed broker may take to disappear (and free its port) on a loaded machine before that is an error.
+KILL_TIMEOUT = 60.0
 
 # Debian package that provides each binary, for the install hint in require().
 APT_PACKAGES = {"redis-server": "redis-server", "rabbitmq-server": "rabbitmq-server"}
@@ -135,6 +137,48 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
     return left
 
 
+def listening_pids(port: int) -> dict[int, str]:
+    """Processes with a listening TCP socket on ``port`` (any address), as pid -> command line, read from /proc.
+
+    Tells whose server answers on a port: an open port alone may be a dying broker, or another one that took it.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # fields[1] is "ADDR:PORT" in hex, fields[3] the state (0A = LISTEN), fields[9] the socket inode.
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    owners: dict[int, str] = {}
+    if not inodes:
+        return owners
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                        owners[int(entry.name)] = cmdline.strip()
+                        break
+    return owners
+
+
+def _describe(pids: set[int]) -> str:
+    """``pid (state) command`` for each pid, for error messages about processes that would not go away."""
+    parts = []
+    for pid in sorted(pids):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            state, cmdline = "gone", ""
+        parts.append(f"{pid} ({state}) {cmdline.strip()[:80]}")
+    return "; ".join(parts) or "none"
+
+
 def _signal_pids(pids: set[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -181,6 +225,10 @@ class Service:
         """True while any process of this broker is alive."""
         return bool(self._family())
 
+    def owns_port(self) -> bool:
+        """True if the server listening on ``port`` is one of this broker's processes (not a stranger on it)."""
+        return bool(set(listening_pids(self.port)) & self._family())
+
     def _family(self) -> set[int]:
         if self.proc.poll() is not None and _alive(self.pid):
             return set()  # we reaped our leader, so a live process with its pid is an unrelated newcomer
@@ -197,6 +245,7 @@ class Service:
     def restart(self) -> None:
         """Start the broker again with the same port, data dir and settings, and wait until it answers."""
         self.stop()
+        _wait_port_free(self.port, KILL_TIMEOUT, self.name)
         self.proc = _spawn(self.argv, self.env, self.log_path)
         _REGISTRY.add(self)
         self.start_seconds = _wait_ready(self)
@@ -216,9 +265,17 @@ class Service:
             _signal_pids(family, signal.SIGKILL)
         # Helpers outside the group (erl_child_setup...) exit on their own once the VM is gone; force it if not.
         _signal_pids(_wait_gone(family, 3), signal.SIGKILL)
-        _wait_gone(family, 3)
-        self.proc.wait()  # reap the leader so it does not stay a zombie
+        # SIGKILL cannot be refused, but on a loaded machine a large VM takes a while to tear down: wait for the
+        # processes themselves (the leader is our child: reap it), with a generous deadline, rather than a fixed pause.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(KILL_TIMEOUT)
+        left = _wait_gone(family, KILL_TIMEOUT)
         _REGISTRY.discard(self)
+        if left:
+            raise ServiceError(
+                f"{self.name} on port {self.port}: processes still alive {KILL_TIMEOUT:.0f}s after SIGKILL: "
+                f"{_describe(left)}"
+            )
 
 
 def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -236,8 +293,21 @@ def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
         )
 
 
+def _wait_port_free(port: int, timeout: float, name: str) -> None:
+    """Wait until nothing listens on ``port``; raise naming the holder if something still does after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while holders := listening_pids(port):
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"{name}: port {port} is still held after {timeout:.0f}s by "
+                + "; ".join(f"{pid} {cmd[:80]}" for pid, cmd in holders.items())
+            )
+        time.sleep(0.1)
+
+
 def _wait_ready(service: Service) -> float:
-    """Poll ``service.ready_check`` until it passes; return the seconds it took. Stop and raise on failure."""
+    """Poll ``service.ready_check`` until it passes and the port is held by this broker's own processes; return the
+    seconds it took. Stop and raise on failure."""
     started = time.monotonic()
     deadline = started + service.ready_timeout
     last_error: Exception | None = None
@@ -247,9 +317,10 @@ def _wait_ready(service: Service) -> float:
         except Exception as exc:
             last_error = exc
         else:
-            # Still alive after answering: otherwise whatever answered was another server that took the port.
-            if service.proc.poll() is None:
+            # The answer must come from our process, not from a dying predecessor or a stranger on the port.
+            if service.proc.poll() is None and service.owns_port():
                 return time.monotonic() - started
+            last_error = ServiceError(f"port {service.port} answered, held by {listening_pids(service.port)}")
         if service.proc.poll() is not None:  # fail fast: no point polling a process that already died
             last_error = ServiceError(f"exited with code {service.proc.returncode}")
             break

@@ -224,7 +224,10 @@ def test_workers_consume_their_queues_and_probes_follow_them(cluster: Cluster) -
         queues = sorted(pod.env["WORKER_QUEUES"] for pod in pods)
         assert queues == sorted(project.queues), "one worker Deployment per queue"
         for pod in pods:
-            assert pod.probe(project, "livenessProbe")[0], pod.probe(project, "livenessProbe")[1]
+            # Connected to the broker: the startupProbe passed on `--ready`, and readiness and liveness pass too.
+            for kind in ("readinessProbe", "livenessProbe"):
+                passed, seen = pod.probe(project, kind)
+                assert passed, f"{pod.name} {kind}: {seen}"
             assert pod.env["WORKER_HEARTBEAT_FILE"].startswith(pod.env["TMPDIR"]), "heartbeat in the pod's /tmp"
         # Pause the booted workers, so a task on each queue can only reach the Deployment's worker.
         paused = project.client(

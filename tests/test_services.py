@@ -10,20 +10,28 @@ from pathlib import Path
 import kombu
 import pytest
 import redis
-from services import Service, free_port, process_family, require, start_rabbitmq, start_redis
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+from services import (
+    Service,
+    ServiceError,
+    _launch,
+    _redis_ping,
+    free_port,
+    listening_pids,
+    process_family,
+    require,
+    start_rabbitmq,
+    start_redis,
+)
 
 
 def _assert_gone(service: Service) -> None:
-    """Nothing of the broker is left: no process in its group or below it, and its port is closed."""
+    """Nothing of the broker is left: no process in its group or below it, and none of them listens on its port.
+
+    The port is checked by owner, not by "does it answer": on a busy machine another test may bind a freed port.
+    """
     assert not service.is_running()
     assert process_family(service.pid) == set()
-    assert not _port_open(service.port)
+    assert not service.owns_port(), f"port {service.port} still held by {listening_pids(service.port)}"
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -91,6 +99,31 @@ def test_redis_stop_is_idempotent(redis_service: Service) -> None:
     redis_service.kill()  # so is kill() on a stopped service
 
 
+def test_ready_means_our_process_holds_the_port(tmp_path: Path) -> None:
+    """A server that answers on the port but is not ours (a dying predecessor, another test's broker) is not "ready".
+
+    Here a real Redis holds the port and the process started is one that never listens: answering PING is not enough.
+    """
+    stranger = start_redis(tmp_path / "stranger", appendonly=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match=f"port {stranger.port} answered, held by"):
+            _launch(
+                name="impostor",
+                url=stranger.url,
+                port=stranger.port,
+                data_dir=tmp_path,
+                log_path=tmp_path / "impostor.log",
+                argv=["sleep", "60"],
+                env={},
+                ready_check=_redis_ping,
+                ready_timeout=2,
+            )
+        print(f"refused after {time.monotonic() - started:.1f}s: the port answered, but from {stranger.pid}")
+    finally:
+        stranger.stop()
+
+
 def test_redis_password(tmp_path: Path) -> None:
     service = start_redis(tmp_path / "redis", password="s3cret/pw", appendonly=False)
     try:
@@ -108,11 +141,19 @@ def test_redis_password(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     # Module scope: a node takes seconds to boot, so all RabbitMQ tests share one.
     service = start_rabbitmq(tmp_path_factory.mktemp("rabbitmq"))
     yield service
     service.stop()
+
+
+@pytest.fixture
+def rabbitmq(rabbitmq_node: Service) -> Service:
+    """The shared node, running: a test that failed with it killed must not fail the next one too."""
+    if not rabbitmq_node.is_running():
+        rabbitmq_node.restart()
+    return rabbitmq_node
 
 
 def _round_trip(url: str, queue_name: str, body: dict[str, str]) -> object:

@@ -6,6 +6,7 @@ booted workers. Figures printed: the time for the supervised stack to come up.
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +96,9 @@ def supervised(booted: BootedProject, tmp_path_factory: pytest.TempPathFactory) 
         # Workers report ready in their logs once consuming; that is "up" for a user.
         for queue in booted.queues:
             wait_for(lambda queue=queue: "ready." in (logs / f"worker-{queue}.log").read_text(), 60)
+        # Supervisor calls a program RUNNING after 5 s; on a loaded machine Flower and gunicorn listen later than that.
+        for address in (f"127.0.0.1:{flower_port}", env["WEB_BIND"]):
+            wait_for(lambda address=address: listening(address), 90)
         print(f"supervised stack up (all RUNNING, workers ready) in {time.monotonic() - began:.1f}s: {sorted(states)}")
         yield sup
     finally:
@@ -109,6 +113,15 @@ def wait_for(predicate, timeout: float = 30) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.2)
+
+
+def listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def request(url: str, auth: str | None = None, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:

@@ -20,6 +20,9 @@ redis_backend_use_ssl = settings.redis_ssl(settings.result_backend)
 broker_connection_retry_on_startup = True
 # None: keep retrying while the broker is away (a worker that gives up becomes a crash loop in the orchestrator).
 broker_connection_max_retries = None
+# Celery's consumer plus heartbeat touches while it waits for the broker: the liveness probe keeps a worker that is
+# reconnecting (it resumes by itself) and still restarts one whose main loop is stuck (worker_steps.py).
+worker_consumer = "{{ cookiecutter.__package }}.worker_steps:HeartbeatConsumer"
 {%- if cookiecutter.broker == "rabbitmq" %}
 broker_transport_options = {
     # Publisher confirms: `delay()` returns only once RabbitMQ has the message, so a broker crash loses nothing sent.
@@ -60,6 +63,12 @@ broker_transport_options = {
     # and the broadcast channels of remote control (shutdown, revoke) and events. Without it, projects sharing a Redis
     # database consume each other's tasks and obey each other's broadcasts. KEDA's listName carries it too (keda.yaml).
     "global_keyprefix": settings.global_keyprefix,
+    # The rule (settings.py): one connection attempt is shorter than the heartbeat stale limit. kombu's default None
+    # lets a blackholed Redis hold the worker's reconnection loop in one attempt until liveness restarts it.
+    "socket_connect_timeout": settings.redis_socket_connect_timeout,
+    # Above the BRPOP timeout (1 s): kombu reads BRPOP replies only once the socket is readable, and Redis answers
+    # within that timeout even with no message, so an idle consumer never hits this.
+    "socket_timeout": settings.redis_socket_timeout,
 }
 {%- endif %}
 
@@ -98,6 +107,9 @@ result_accept_content = ["json"]
 result_expires = settings.result_expires
 # "<CELERY_KEY_PREFIX>:celery-task-meta-<id>": results (and their pub/sub channels) of projects sharing a Redis apart.
 result_backend_transport_options = {"global_keyprefix": settings.global_keyprefix}
+# The result backend's Redis connection, bounded by the same rule (settings.py); Celery's defaults are None and 120 s.
+redis_socket_connect_timeout = settings.redis_socket_connect_timeout
+redis_socket_timeout = settings.redis_socket_timeout
 
 # Set per worker from its queue's profile in celery_app.py unless CELERY_WORKER_PREFETCH_MULTIPLIER overrides it.
 worker_prefetch_multiplier = settings.worker_prefetch_multiplier or 1
@@ -118,7 +130,7 @@ enable_utc = True
 # Beat: RedBeat keeps the schedule, each entry's last run and a lock in Redis. No schedule file on disk, and a second
 # beat started by mistake (or as a standby) waits for the lock instead of sending every task twice.
 # https://github.com/sibson/redbeat
-beat_scheduler = "redbeat.RedBeatScheduler"
+beat_scheduler = "{{ cookiecutter.__package }}.beat_scheduler:Scheduler"
 beat_schedule = _beat_schedule()
 redbeat_redis_url = settings.redbeat_redis_url
 # RedBeat's own TLS options (it falls back to broker_use_ssl, which for RabbitMQ holds py-amqp's, not redis-py's).

@@ -1,28 +1,45 @@
 """Health checks for supervisors and container probes.
 
     python -m {{ cookiecutter.__package }}.health worker   # the worker's heartbeat file is fresh
+    python -m {{ cookiecutter.__package }}.health worker --ready   # ...and connected to its broker
     python -m {{ cookiecutter.__package }}.health beat     # a beat holds the lock, renewed lately
     python -m {{ cookiecutter.__package }}.health broker --wait 60   # the broker accepts connections
 
 Exit 0 when healthy, 1 with a one-line reason otherwise. Deliberately cheap: no broker round trip, no Celery import.
 """
 
-import argparse
 import sys
 import time
 
-from .heartbeat import HEARTBEAT_STALE_AFTER, heartbeat_age, heartbeat_path
+from .heartbeat import WAITING_FOR_BROKER, heartbeat_file, heartbeat_stale_after, read_heartbeat
 
 # A beat renews its lock at every tick, at most beat_max_loop_interval apart; this many missed renewals is unhealthy.
 BEAT_MISSED_TICKS = 3
 
 
-def check_worker(max_age: float) -> str | None:
-    age = heartbeat_age()
-    if age is None:
-        return f"no heartbeat file at {heartbeat_path()} (worker not started, or stopped)"
-    if age > max_age:
-        return f"heartbeat {age:.0f}s old at {heartbeat_path()} (limit {max_age:.0f}s): worker main loop is stuck"
+def check_worker(max_age: float | None, ready: bool = False) -> str | None:
+    """Healthy while the main process touches its heartbeat: from its event loop, or from the broker reconnection
+    loop during a broker outage (a worker waiting for its broker resumes by itself once it is back: restarting it
+    would only kill the tasks its pool is finishing). Stale means the main thread is stuck, broker or not.
+
+    ready (`--ready`, the readiness and startup probes): also connected to the broker now. The state is
+    waiting-for-broker from start until the first connection and during every reconnection, so a worker that can
+    never connect (a wrong password, host or CA) is live but never ready, and a rollout of it stalls."""
+    try:
+        limit = heartbeat_stale_after() if max_age is None else max_age
+    except ValueError as exc:
+        return str(exc)
+    beat = read_heartbeat()
+    if beat is None:
+        return f"no heartbeat file at {heartbeat_file()} (worker not started, or stopped)"
+    age, state = beat
+    if age > limit:
+        where = f"{heartbeat_file()} (limit {limit:.0f}s, last {state})"
+        return f"heartbeat {age:.0f}s old at {where}: worker main loop is stuck"
+    if state == WAITING_FOR_BROKER:
+        if ready:
+            return f"not connected to the broker (waiting-for-broker at {heartbeat_file()}): see the worker's log"
+        print("waiting for the broker (reconnecting; live)", file=sys.stderr)
     return None
 
 
@@ -75,25 +92,33 @@ def _tls_hint(exc: Exception) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.health")
-    parser.add_argument("process", choices=["worker", "beat", "broker"])
-    parser.add_argument(
-        "--max-age", type=float, default=HEARTBEAT_STALE_AFTER, help="worker: seconds (default %(default)s)"
-    )
-    parser.add_argument("--wait", type=float, default=0, help="broker: keep trying this many seconds")
-    args = parser.parse_args(argv)
-    checks = {
-        "worker": lambda: check_worker(args.max_age),
-        "beat": check_beat,
-        "broker": lambda: check_broker(args.wait),
-    }
-    problem = checks[args.process]()
+def report(problem: str | None) -> int:
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1
     print("healthy")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["worker"], ["worker", "--ready"]):
+        # The probes, run on every worker every few seconds: no argparse import (a large part of their CPU).
+        return report(check_worker(None, ready=len(argv) == 2))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.health")
+    parser.add_argument("process", choices=["worker", "beat", "broker"])
+    parser.add_argument("--max-age", type=float, help="worker: seconds (default WORKER_HEARTBEAT_STALE_AFTER, else 30)")
+    parser.add_argument("--ready", action="store_true", help="worker: also connected to the broker now")
+    parser.add_argument("--wait", type=float, default=0, help="broker: keep trying this many seconds")
+    args = parser.parse_args(argv)
+    checks = {
+        "worker": lambda: check_worker(args.max_age, args.ready),
+        "beat": check_beat,
+        "broker": lambda: check_broker(args.wait),
+    }
+    return report(checks[args.process]())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]+")
 RESERVED_QUEUE_NAMES = ("unacked", "unacked_index", "unacked_mutex", "deadletters", "idempotency", "metrics", "outbox")
 RESERVED_QUEUE_NAMES += ("diagnostics", "redbeat")
 {%- endif %}
+# kombu's Redis transport blocks in BRPOP this long per call (Transport.brpop_timeout; not changed here).
+REDIS_BRPOP_TIMEOUT = 1.0
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -122,6 +124,15 @@ class Settings(BaseSettings):
     visibility_margin: int = 60
     # One day: long enough for callers to read a result, short enough that Redis does not fill up.
     result_expires: int = 86_400
+    # Redis connection bounds for the broker (redis broker) and the result backend; kombu's and redis-py's default is
+    # to wait forever. The rule (`_check_redis_timeouts`): one connection attempt (TCP connect, then the first reply)
+    # is shorter than the worker's heartbeat stale limit (30 s), or a blackholed Redis holds the worker's reconnection
+    # loop inside one attempt until the liveness probe restarts it. A DNS lookup is bounded by the resolver
+    # (resolv.conf timeout/attempts), not by these.
+    redis_socket_connect_timeout: float = 5.0
+    # Any one reply. Above kombu's BRPOP timeout (1 s, the server answers within it even with no message), so an idle
+    # consumer never times out; 10 s leaves room for a slow command on a loaded Redis.
+    redis_socket_timeout: float = 10.0
     # Largest task message accepted, in bytes (guards.py): a bigger one is refused at publish time and dead-lettered by
     # the worker. Pass large data by reference (an id, a URL): big messages slow the broker and every worker prefetch.
     max_payload_bytes: int = 1_048_576
@@ -286,6 +297,25 @@ class Settings(BaseSettings):
                 "CELERY_MAX_COUNTDOWN + (ceil(max(CELERY_WORKER_ETA_TASK_LIMIT, CELERY_MAX_PREFETCH_MULTIPLIER x "
                 "MIN_WORKER_CONCURRENCY) / MIN_WORKER_CONCURRENCY) + 1) x CELERY_TASK_TIME_LIMIT + "
                 "CELERY_VISIBILITY_MARGIN, or Redis redelivers tasks that are still waiting or running"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_redis_timeouts(self) -> "Settings":
+        from .heartbeat import heartbeat_stale_after  # stdlib only; reads WORKER_HEARTBEAT_STALE_AFTER
+
+        if self.redis_socket_connect_timeout <= 0 or self.redis_socket_timeout <= REDIS_BRPOP_TIMEOUT:
+            raise ValueError(
+                f"CELERY_REDIS_SOCKET_CONNECT_TIMEOUT ({self.redis_socket_connect_timeout}) must be above 0 and "
+                f"CELERY_REDIS_SOCKET_TIMEOUT ({self.redis_socket_timeout}) above kombu's BRPOP timeout "
+                f"({REDIS_BRPOP_TIMEOUT} s), or an idle consumer times out"
+            )
+        attempt, stale = self.redis_socket_connect_timeout + self.redis_socket_timeout, heartbeat_stale_after()
+        if attempt >= stale:
+            raise ValueError(
+                f"CELERY_REDIS_SOCKET_CONNECT_TIMEOUT + CELERY_REDIS_SOCKET_TIMEOUT ({attempt:g} s, one connection "
+                f"attempt) must be below WORKER_HEARTBEAT_STALE_AFTER ({stale:g} s), or the liveness probe restarts "
+                "a worker waiting for an unresponsive broker"
             )
         return self
 
