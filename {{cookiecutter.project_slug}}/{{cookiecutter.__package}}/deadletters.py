@@ -1,10 +1,25 @@
-"""Dead letters: tasks that failed for good (bad payload, retries exhausted), kept with what is needed to replay them.
+"""Dead letters: tasks that failed for good (bad payload, retries exhausted, a poison message), kept with what is
+needed to replay them.
 
-Every task inherits `DeadLetterTask` (set as the app's task class), so a final failure is recorded in a Redis list
-instead of only in a log line that rotates away. Operators use:
+Every task inherits `DeadLetterTask` (set as the app's task class), so a final failure is recorded in Redis instead of
+only in a log line that rotates away. Operators use:
 
     python -m {{ cookiecutter.__package }}.deadletters list
     python -m {{ cookiecutter.__package }}.deadletters replay TASK_ID   # or --all
+
+Storage: a hash (task id -> entry) and a sorted set (task id by failure time), changed together in MULTI/EXEC. Counting
+is ZCARD, replay reads and deletes one hash field (O(1) per id), and the delete is the claim: of two operators
+replaying the same entry at once, only the one whose HDEL removed it sends the task.
+
+Bounded, because this Redis{% if cookiecutter.broker == "redis" %} is also the broker (a full Redis stops all publishing){% else %} also holds results and the beat schedule{% endif %}:
+
+- at most CELERY_DEAD_LETTER_MAX_ENTRIES entries; the oldest are dropped first, with a WARNING log line;
+- each entry is dropped CELERY_DEAD_LETTER_RETENTION seconds after its failure (checked on every write and by the
+  daily `report_dead_letters` beat entry);
+- stored arguments follow one rule: values under a key named in CELERY_DEAD_LETTER_REDACT_KEYS (at any depth, any
+  case) are replaced by "[redacted]"; then, if the arguments are over CELERY_DEAD_LETTER_MAX_ARGS_BYTES as JSON, none
+  are kept, only their first 200 characters as `args_preview`. Either way the entry says why in `not_replayable`, and
+  `replay` refuses it: re-send that task from its source.
 {%- if cookiecutter.broker == "rabbitmq" %}
 
 RabbitMQ also dead-letters messages natively (queue "<name>.dead", see queues.py): those are messages the broker gave
@@ -13,60 +28,240 @@ up on (delivered too many times), not failed task runs.
 """
 
 import argparse
+import calendar
+import contextlib
 import json
+import logging
 import sys
 import time
 from typing import Any
 
+import redis
+
 from .guards import GuardedTask
 from .redis_store import client, key
+from .settings import settings
 
+logger = logging.getLogger(__name__)
 TRACEBACK_LINES = 8  # enough to see where it failed without storing whole stack dumps
+PREVIEW_CHARS = 200  # of arguments too large to keep: enough to tell which order or customer it was
+REDACTED = "[redacted]"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# How long a poison-message counter outlives its last increment: longer than any gap between two deliveries of one
+# message (the Redis visibility timeout after a whole worker is lost), short enough to clean up after itself.
+WORKER_LOST_TTL = max(86_400, 2 * (settings.visibility_timeout or 0))
 
 
-def _dead_letter_key() -> str:
-    return key("deadletters")
+def _keys() -> tuple[str, str]:
+    return key("deadletters", "entries"), key("deadletters", "index")
+
+
+def _redact(value: Any, found: set[str]) -> Any:
+    names = {name.lower() for name in settings.dead_letter_redact_keys}
+    if isinstance(value, dict):
+        redacted = {}
+        for name, item in value.items():
+            if str(name).lower() in names:
+                found.add(str(name))
+                redacted[name] = REDACTED
+            else:
+                redacted[name] = _redact(item, found)
+        return redacted
+    if isinstance(value, list | tuple):
+        return [_redact(item, found) for item in value]
+    return value
+
+
+def stored_arguments(args: Any, kwargs: Any) -> dict:
+    """The arguments as a dead letter keeps them: the rule in the module docstring."""
+    found: set[str] = set()
+    kept = {"args": _redact(list(args or ()), found), "kwargs": _redact(dict(kwargs or {}), found)}
+    fields: dict[str, Any] = dict(kept)
+    if found:
+        fields["not_replayable"] = f"arguments redacted ({', '.join(sorted(found))})"
+    text = json.dumps([kept["args"], kept["kwargs"]], default=str)
+    if len(text.encode()) > settings.dead_letter_max_args_bytes:
+        fields = {
+            "args": [],
+            "kwargs": {},
+            "args_preview": text[:PREVIEW_CHARS],
+            "not_replayable": (
+                f"arguments were {len(text.encode())} bytes, over CELERY_DEAD_LETTER_MAX_ARGS_BYTES "
+                f"({settings.dead_letter_max_args_bytes}), and were not kept"
+            ),
+        }
+    return fields
 
 
 def record(
     task_id: str, task_name: str, args: Any, kwargs: Any, reason: str, traceback: str = "", queue: str = ""
 ) -> dict:
+    now = time.time()
     entry = {
         "id": task_id,
         "task": task_name,
-        "args": list(args or ()),
-        "kwargs": dict(kwargs or {}),
+        **stored_arguments(args, kwargs),
         "queue": queue,
         "reason": reason,
         "traceback": "\n".join(traceback.strip().splitlines()[-TRACEBACK_LINES:]),
-        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "failed_at": time.strftime(TIME_FORMAT, time.gmtime(now)),
     }
-    # RPUSH keeps arrival order; nothing trims the list: a dead letter is removed only by replaying it.
-    client().rpush(_dead_letter_key(), json.dumps(entry, default=str))
+    oldest, count = _store(entry, now)
+    if count > settings.dead_letter_max_entries or oldest < now - settings.dead_letter_retention:
+        trim(now)
     return entry
 
 
-def entries() -> list[dict]:
-    return [json.loads(raw) for raw in client().lrange(_dead_letter_key(), 0, -1)]
+def _store(entry: dict, score: float) -> tuple[float, int]:
+    """Write one entry (hash and index in one MULTI/EXEC); returns the oldest entry's time and the count."""
+    entries, index = _keys()
+    pipe = client().pipeline()  # transaction: an entry is never in the hash without its index entry, or back
+    pipe.hset(entries, entry["id"], json.dumps(entry, default=str))
+    pipe.zadd(index, {entry["id"]: score})
+    pipe.zrange(index, 0, 0, withscores=True)
+    pipe.zcard(index)
+    _, _, oldest, count = pipe.execute()
+    return (oldest[0][1] if oldest else score), count
 
 
-def replay(task_id: str) -> str:
+def trim(now: float | None = None) -> int:
+    """Drop the entries past the retention period, then the oldest over the cap. Returns how many were dropped."""
+    entries, index = _keys()
+    db, now = client(), now or time.time()
+    dropped = db.zrangebyscore(index, "-inf", now - settings.dead_letter_retention)
+    over = db.zcard(index) - len(dropped) - settings.dead_letter_max_entries
+    if over > 0:
+        dropped += db.zrange(index, len(dropped), len(dropped) + over - 1)
+    if dropped:
+        pipe = db.pipeline()
+        pipe.zrem(index, *dropped)
+        pipe.hdel(entries, *dropped)
+        pipe.execute()
+        logger.warning(
+            "dropped %d dead letter(s): older than CELERY_DEAD_LETTER_RETENTION (%ss) or over "
+            "CELERY_DEAD_LETTER_MAX_ENTRIES (%d); oldest dropped: %s",
+            len(dropped),
+            settings.dead_letter_retention,
+            settings.dead_letter_max_entries,
+            dropped[0],
+        )
+    return len(dropped)
+
+
+def count() -> int:
+    return client().zcard(_keys()[1])
+
+
+def get(task_id: str) -> dict | None:
+    raw = client().hget(_keys()[0], task_id)
+    return json.loads(raw) if raw else None
+
+
+def entries(batch: int = 500) -> list[dict]:
+    """Every dead letter, oldest first (read in batches of HMGET)."""
+    entries_key, index = _keys()
+    ids, found = client().zrange(index, 0, -1), []
+    for start in range(0, len(ids), batch):
+        found += [json.loads(raw) for raw in client().hmget(entries_key, ids[start : start + batch]) if raw]
+    return found
+
+
+def _take(task_id: str) -> dict:
+    """Remove one entry and return it; the HDEL that removed it is the claim, so no two callers get the same entry."""
+    entries_key, index = _keys()
+    pipe = client().pipeline()
+    pipe.hget(entries_key, task_id)
+    pipe.hdel(entries_key, task_id)
+    pipe.zrem(index, task_id)
+    raw, deleted, _ = pipe.execute()
+    if not deleted:
+        raise KeyError(f"no dead letter with id {task_id!r} (already replayed, or past the retention rules)")
+    return json.loads(raw)
+
+
+def replay(task_id: str, producer: Any = None) -> str:
     """Send the task again (routed as usual) and remove its dead letter. Returns the new task id."""
     from .celery_app import app  # imported here: recording a dead letter must not need the app
 
-    for raw in client().lrange(_dead_letter_key(), 0, -1):
-        entry = json.loads(raw)
-        if entry["id"] == task_id:
-            result = app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"])
-            # Removed only after the broker accepted the new message, so a failed replay loses nothing.
-            client().lrem(_dead_letter_key(), 1, raw)
-            return result.id
-    raise KeyError(f"no dead letter with id {task_id!r}")
+    entry = get(task_id)
+    if entry is None:
+        raise KeyError(f"no dead letter with id {task_id!r} (already replayed, or past the retention rules)")
+    if entry.get("not_replayable"):
+        reason = entry["not_replayable"]
+        raise ValueError(f"dead letter {task_id} cannot be replayed: {reason}; re-send the task from its source")
+    entry = _take(task_id)
+    try:
+        result = app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"], producer=producer)
+    except BaseException:
+        # The broker did not take it: put the entry back as it was, so a failed replay loses nothing.
+        _store(entry, calendar.timegm(time.strptime(entry["failed_at"], TIME_FORMAT)))
+        raise
+    return result.id
+
+
+def replay_all(out: Any = print) -> int:
+    """Replay every entry there is now, over one producer connection. Returns how many could not be replayed."""
+    from .celery_app import app
+
+    # A snapshot: an entry that fails again is recorded under its new task id, and is not replayed in this run.
+    ids, errors = client().zrange(_keys()[1], 0, -1), 0
+    with app.producer_or_acquire() as producer:
+        for task_id in ids:
+            try:
+                out(f"replayed {task_id} as {replay(task_id, producer)}")
+            except (KeyError, ValueError) as exc:
+                errors += 1
+                print(f"error: {exc.args[0]}", file=sys.stderr)
+    return errors
+
+
+class WorkerLost(Exception):
+    """Raised instead of running a task whose pool process died CELERY_TASK_MAX_WORKER_LOST times in a row."""
+
+
+def _worker_lost_key(task_id: str, retries: int) -> str:
+    # Per retry: a retry is a new message (same task id, retries + 1) that starts its own count.
+    return key("worker-lost", task_id, str(retries))
 
 
 # GuardedTask (guards.py): refuses oversized payloads when publishing and in the worker.
 class DeadLetterTask(GuardedTask):
-    """Base class of every task: records a final failure. Retries in progress are not failures yet."""
+    """Base class of every task: bounds poison messages and records a final failure. Retries in progress are not
+    failures yet."""
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        """The poison-message bound. A pool process that dies mid-task (OOM kill, segfault) puts the message back
+        (task_reject_on_worker_lost); a redelivered message that starts counts one loss, and once the count reaches
+        CELERY_TASK_MAX_WORKER_LOST the task fails with WorkerLost instead of running: recorded as a dead letter,
+        acknowledged (task_acks_on_failure), not redelivered. RabbitMQ's x-delivery-limit stays as the backstop.
+
+        First deliveries cost nothing (no Redis call). A message put back without being started (prefetched by a
+        worker that shut down) counts once when it next starts: the bound errs by one attempt at most.
+        """
+        request = self.request
+        if not (request.delivery_info or {}).get("redelivered"):
+            return
+        counter = _worker_lost_key(task_id, request.retries or 0)
+        try:
+            pipe = client().pipeline(transaction=False)  # one round trip
+            pipe.incr(counter)
+            pipe.expire(counter, WORKER_LOST_TTL)
+            lost = pipe.execute()[0]
+        except redis.RedisError as exc:  # Redis away: run the task rather than fail it for want of a counter
+            logger.warning("poison-message counter not updated for %s[%s]: %s", self.name, task_id, exc)
+            return
+        if lost >= settings.task_max_worker_lost:
+            raise WorkerLost(
+                f"worker lost {lost} times running it (CELERY_TASK_MAX_WORKER_LOST={settings.task_max_worker_lost}): "
+                "a poison message (out of memory? a crash in native code?), not run again"
+            )
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # The run ended (any outcome): the pool process was not lost, so the count starts over.
+        if (self.request.delivery_info or {}).get("redelivered"):
+            # Redis away: the counter expires by itself (WORKER_LOST_TTL).
+            with contextlib.suppress(redis.RedisError):
+                client().delete(_worker_lost_key(task_id, self.request.retries or 0))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         queue = (self.request.delivery_info or {}).get("routing_key", "")
@@ -78,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.deadletters")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="print every dead letter, oldest first")
+    commands.add_parser("count", help="print how many dead letters there are")
     replay_cmd = commands.add_parser("replay", help="send dead-lettered tasks again")
     replay_cmd.add_argument("task_id", nargs="?")
     replay_cmd.add_argument("--all", action="store_true")
@@ -86,17 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for entry in entries():
             queue = entry["queue"] or "?"
-            print(f"{entry['failed_at']}  {entry['id']}  {entry['task']}  queue={queue}  {entry['reason']}")
+            note = f"  [not replayable: {entry['not_replayable']}]" if entry.get("not_replayable") else ""
+            print(f"{entry['failed_at']}  {entry['id']}  {entry['task']}  queue={queue}  {entry['reason']}{note}")
+        return 0
+    if args.command == "count":
+        print(count())
         return 0
     if not args.all and not args.task_id:
         parser.error("replay needs a TASK_ID or --all")
-    ids = [entry["id"] for entry in entries()] if args.all else [args.task_id]
-    for task_id in ids:
-        try:
-            print(f"replayed {task_id} as {replay(task_id)}")
-        except KeyError as exc:
-            print(f"error: {exc.args[0]}", file=sys.stderr)
-            return 1
+    if args.all:
+        return 1 if replay_all() else 0
+    try:
+        print(f"replayed {args.task_id} as {replay(args.task_id)}")
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,7 +4,7 @@
     python -m {{ cookiecutter.__package }}.ops workers      # who answers: pool, concurrency, prefetch
     python -m {{ cookiecutter.__package }}.ops active       # also: reserved, scheduled, registered
     python -m {{ cookiecutter.__package }}.ops purge QUEUE  # asks you to type the name; --yes skips
-    python -m {{ cookiecutter.__package }}.ops deadletters list   # or: replay TASK_ID | --all
+    python -m {{ cookiecutter.__package }}.ops deadletters list   # or: count | replay TASK_ID | replay --all
 
 Exit 0 when all is well, 1 with a one-line reason on stderr. The worker commands broadcast through the broker and
 wait --timeout seconds (default 2) for replies: fine for a person, too costly for a probe (use health.py there).
@@ -154,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     purge_cmd.add_argument("queue")
     purge_cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     # Handled before parsing (main): everything after the word goes to deadletters.main unchanged.
-    commands.add_parser("deadletters", add_help=False, help="list | replay TASK_ID | replay --all")
+    commands.add_parser("deadletters", add_help=False, help="list | count | replay TASK_ID | replay --all")
     return root
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import time
 
 from celery.utils.log import get_task_logger
@@ -29,3 +30,18 @@ def record_run(key: str, seconds: float = 0.0) -> str:
     time.sleep(seconds)
     redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
     return key
+
+
+# Not retried by Celery: every run is an attempt that the poison-message bound counts (deadletters.py).
+@app.task(bind=True)
+def lose_worker(self, key: str) -> None:
+    """Record a run like record_run, then SIGKILL the pool process running it: an OOM kill or a segfault in a C
+    extension, reproduced. The worker's main process lives on and replaces the pool process.
+
+    For prefork workers only: under WORKER_POOL=solo or threads the pool process is the worker itself.
+    """
+    if self.request.is_eager or self.request.called_directly:
+        raise RuntimeError("lose_worker kills the process running it; send it to a worker, never call it in-process")
+    logger.warning("lose_worker %s: killing pool process %d", key[:80], os.getpid())
+    redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
+    os.kill(os.getpid(), signal.SIGKILL)
