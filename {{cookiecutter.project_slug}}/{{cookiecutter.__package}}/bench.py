@@ -1,6 +1,7 @@
 """`make bench`: what this project's worker configuration costs, against stock Celery and cookiecutter-django's.
 
-    python -m {{ cookiecutter.__package }}.bench [--tasks N] [--rounds R] [--settings] [--dead-letters N] [--quick]
+    python -m {{ cookiecutter.__package }}.bench [--tasks N] [--rounds R] [--settings] [--quick]
+        [--dead-letters N]
 
 Starts its own redis-server (free port, temporary data directory) and real `celery worker` processes, each in its own
 process group; every process gets the server's URL through the environment, which wins over REDIS_URL in `.env`.

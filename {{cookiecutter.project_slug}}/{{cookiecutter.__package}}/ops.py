@@ -4,7 +4,7 @@
     python -m {{ cookiecutter.__package }}.ops workers      # who answers: pool, concurrency, prefetch
     python -m {{ cookiecutter.__package }}.ops active       # also: reserved, scheduled, registered
     python -m {{ cookiecutter.__package }}.ops purge QUEUE  # asks you to type the name; --yes skips
-    python -m {{ cookiecutter.__package }}.ops deadletters list   # or: count | replay TASK_ID | replay --all
+    python -m {{ cookiecutter.__package }}.ops deadletters list   # or: count, replay TASK_ID, replay --all
 
 Exit 0 when all is well, 1 with a one-line reason on stderr. The worker commands broadcast through the broker and
 wait --timeout seconds (default 2) for replies: fine for a person, too costly for a probe (use health.py there).
