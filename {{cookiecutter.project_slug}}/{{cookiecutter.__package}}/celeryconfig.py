@@ -55,6 +55,8 @@ task_acks_late = True
 # message goes back to the queue instead of being acknowledged as failed. Bounded: after CELERY_TASK_MAX_WORKER_LOST
 # losses in a row the task is dead-lettered instead of run (deadletters.py), on both brokers. Not the hard time
 # limit: Celery 5.7 acknowledges a task that hits it (task_acks_on_timeout) and runs on_failure: dead-lettered at once.
+# Not Celery's task_retry_on_worker_lost: it spends the task's max_retries (shared with ordinary retries, unbounded
+# when None) and misses a whole worker lost; our counter sees every redelivered start and records the reason.
 task_reject_on_worker_lost = True
 task_soft_time_limit = settings.task_soft_time_limit
 task_time_limit = settings.task_time_limit

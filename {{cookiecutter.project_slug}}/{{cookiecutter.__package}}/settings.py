@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     # Poison messages: a task whose pool process dies mid-run (OOM kill, segfault) goes back to the queue
     # (task_reject_on_worker_lost); after this many such losses in a row it is dead-lettered instead, with the reason
     # "worker lost N times" (deadletters.py). 3: one or two losses can be a neighbour's memory spike or a node going
-    # away; a third in a row is the task itself. {% if cookiecutter.broker == "rabbitmq" %}Must stay below the queues' x-delivery-limit (queues.py), or
+    # away; a third in a row is the task itself. It counts redelivered starts, so a task cut off by a deploy (killed
+    # past its grace period) counts too, and it fails open: if REDIS_URL cannot be reached the task runs uncounted
+    # (RUNBOOK, Worker memory). {% if cookiecutter.broker == "rabbitmq" %}Must stay below the queues' x-delivery-limit (queues.py), or
     # RabbitMQ dead-letters the message first, without the reason.{% else %}Without it, Redis would hand the message out again for ever.{% endif %}
     task_max_worker_lost: int = 3
     # Dead letters live in Redis{% if cookiecutter.broker == "redis" %}, the broker too (a Redis full of them stops all publishing){% endif %}.
@@ -98,15 +100,19 @@ class Settings(BaseSettings):
     # Arguments larger than this (bytes of JSON) are not stored, only a preview: a dead letter is for finding and
     # replaying a failure, not a second copy of big payloads. Such an entry cannot be replayed.
     dead_letter_max_args_bytes: int = 4096
-    # Argument keys (any depth, any case) stored as "[redacted]": credentials never sit in Redis for the retention
-    # period. Such an entry cannot be replayed. Add "email" etc. if your dead letters must not hold personal data.
+    # Argument keys containing any of these (any depth, any case: access_token, X-Api-Key, client_secret, Order.email)
+    # are stored as "[redacted]", and so is any string that looks like an e-mail address: credentials and personal
+    # data never sit in Redis for the retention period. Such an entry cannot be replayed (re-send it from its source).
+    # Not redacted: the failure's reason and traceback (an error message may quote a value); they are cut to
+    # 500 and 2,000 characters (deadletters.py). Remove "email" if your replays need the addresses and may keep them.
     dead_letter_redact_keys: Annotated[list[str], NoDecode] = [
         "password",
         "token",
         "secret",
-        "api_key",
-        "authorization",
-        "card_number",
+        "key",
+        "auth",
+        "email",
+        "card",
     ]
     # How long a finished idempotency key is kept: a redelivery or retry of the same key inside this window is skipped.
     idempotency_ttl: int = 7 * 86_400
