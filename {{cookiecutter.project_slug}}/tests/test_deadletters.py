@@ -15,6 +15,7 @@ from {{ cookiecutter.__package }} import deadletters
 from {{ cookiecutter.__package }}.celery_app import app
 from {{ cookiecutter.__package }}.redis_store import client as real_client
 from {{ cookiecutter.__package }}.settings import settings
+from {{ cookiecutter.__package }}.tasks.orders import process_order
 
 
 @pytest.fixture
@@ -252,3 +253,36 @@ def test_the_project_redis_client_does_not_wait_forever() -> None:
     # A hung Redis must fail the call (the poison bound then fails open, logged), not stall every redelivered task.
     options = real_client().connection_pool.connection_kwargs
     assert options.get("socket_timeout") and options.get("socket_connect_timeout"), options
+
+
+def start_redelivered(task_id: str) -> None:
+    """What a worker does when a redelivered message starts: the poison-message check (DeadLetterTask.before_start)."""
+    task = process_order
+    task.push_request(id=task_id, retries=0, delivery_info={"redelivered": True})
+    try:
+        task.before_start(task_id, (), {})
+    finally:
+        task.pop_request()
+
+
+def test_a_task_cut_off_by_deploys_is_not_counted_as_a_poison_message(fake_redis: fakeredis.FakeRedis) -> None:
+    from celery.worker import state
+
+    class Running:  # what the worker's main process knows of a running task (celery.worker.request.Request)
+        id, request_dict = "long-1", {"retries": 0}
+
+    running = Running()
+    state.active_requests.add(running)  # a WeakSet: `running` stays referenced for the test
+    try:
+        for _deploy in range(settings.task_max_worker_lost + 1):
+            deadletters.forgive_shutdown(sig="SIGTERM", how="Warm", exitcode=0)  # the worker is told to stop
+            start_redelivered("long-1")  # killed past the grace period, put back, started by the next worker
+    finally:
+        state.active_requests.discard(running)
+
+
+def test_a_pool_process_that_dies_on_its_own_still_counts(fake_redis: fakeredis.FakeRedis) -> None:
+    for _loss in range(settings.task_max_worker_lost - 1):
+        start_redelivered("poison-1")
+    with pytest.raises(deadletters.WorkerLost, match=f"worker lost {settings.task_max_worker_lost} times"):
+        start_redelivered("poison-1")

@@ -39,6 +39,8 @@ import uuid
 from typing import Any
 
 import redis
+from celery import signals
+from celery.worker import state as worker_state
 
 from .guards import GuardedTask
 from .redis_store import client, key
@@ -367,6 +369,25 @@ def _worker_lost_key(task_id: str, retries: int) -> str:
     return key("worker-lost", task_id, str(retries))
 
 
+@signals.worker_shutting_down.connect
+def forgive_shutdown(**_: Any) -> None:
+    """A deploy is not a poison message: the tasks running when this worker is told to stop may be cut off and put
+    back (killed past the grace period), and their next start would count as a loss. Credit one in advance, so only
+    pool processes that die on their own count; a task that finishes in time just leaves a counter that expires."""
+    requests = list(worker_state.active_requests)  # the main process's view: the tasks its pool is running now
+    if not requests:
+        return
+    try:
+        pipe = client().pipeline(transaction=False)  # one round trip, bounded by the client's socket timeout
+        for request in requests:
+            counter = _worker_lost_key(request.id, request.request_dict.get("retries") or 0)
+            pipe.decr(counter)
+            pipe.expire(counter, WORKER_LOST_TTL)
+        pipe.execute()
+    except redis.RedisError as exc:  # Redis away: the tasks' next starts count as usual
+        logger.warning("could not exempt %d running task(s) from the poison-message count: %s", len(requests), exc)
+
+
 # GuardedTask (guards.py): refuses oversized payloads when publishing and in the worker.
 class DeadLetterTask(GuardedTask):
     """Base class of every task: bounds poison messages and records a final failure. Retries in progress are not
@@ -379,7 +400,8 @@ class DeadLetterTask(GuardedTask):
         acknowledged (task_acks_on_failure), not redelivered. RabbitMQ's x-delivery-limit stays as the backstop.
 
         First deliveries cost nothing (no Redis call). A message put back without being started (prefetched by a
-        worker that shut down) counts once when it next starts: the bound errs by one attempt at most.
+        worker that shut down) counts once when it next starts: the bound errs by one attempt at most. Tasks running
+        when their worker is told to stop are credited one loss in advance (forgive_shutdown): deploys do not count.
         """
         request = self.request
         if not (request.delivery_info or {}).get("redelivered"):

@@ -86,9 +86,9 @@ class Settings(BaseSettings):
     # Poison messages: a task whose pool process dies mid-run (OOM kill, segfault) goes back to the queue
     # (task_reject_on_worker_lost); after this many such losses in a row it is dead-lettered instead, with the reason
     # "worker lost N times" (deadletters.py). 3: one or two losses can be a neighbour's memory spike or a node going
-    # away; a third in a row is the task itself. It counts redelivered starts, so a task cut off by a deploy (killed
-    # past its grace period) counts too, and it fails open: if REDIS_URL cannot be reached the task runs uncounted
-    # (RUNBOOK, Worker memory). {% if cookiecutter.broker == "rabbitmq" %}Must stay below the queues' x-delivery-limit (queues.py), or
+    # away; a third in a row is the task itself. Tasks cut off by a deploy are not counted (deadletters.py,
+    # forgive_shutdown). It fails open: if REDIS_URL cannot be reached the task runs uncounted (RUNBOOK).
+    # {% if cookiecutter.broker == "rabbitmq" %}Must stay below the queues' x-delivery-limit (queues.py), or
     # RabbitMQ dead-letters the message first, without the reason.{% else %}Without it, Redis would hand the message out again for ever.{% endif %}
     task_max_worker_lost: int = 3
     # Dead letters live in Redis{% if cookiecutter.broker == "redis" %}, the broker too (a Redis full of them stops all publishing){% endif %}.
