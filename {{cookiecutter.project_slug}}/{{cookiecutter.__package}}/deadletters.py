@@ -5,21 +5,28 @@ Every task inherits `DeadLetterTask` (set as the app's task class), so a final f
 only in a log line that rotates away. Operators use:
 
     python -m {{ cookiecutter.__package }}.deadletters list
-    python -m {{ cookiecutter.__package }}.deadletters replay TASK_ID   # or --all
+    python -m {{ cookiecutter.__package }}.deadletters replay TASK_ID   # or KEY, or --all
 
-Storage: a hash (task id -> entry) and a sorted set (task id by failure time), changed together in MULTI/EXEC. Counting
-is ZCARD, replay reads and deletes one hash field (O(1) per id), and the delete is the claim: of two operators
-replaying the same entry at once, only the one whose HDEL removed it sends the task.
+Storage: a hash (entry key -> entry) and a sorted set (entry key by failure time), changed together in MULTI/EXEC. The
+entry key is TASK_ID@<random suffix>: each failure its own entry, even for the same task id. Counting is ZCARD.
+Replay claims an entry by moving it, in one Lua step, into the `replaying` hash (with its claim time in
+`replaying-since`): of two operators replaying the same entry at once, only the one whose move found it sends the
+task. After the send the entry is removed; if the send fails it is moved back. If the process dies between the two, or
+Redis fails right after the send, it stays in `replaying`: listed as STRANDED after STRANDED_AFTER seconds (it may have
+been sent: check), and `replay KEY` takes it back. Versions before this layout kept one LIST (`<prefix>:deadletters`):
+`trim()` and every command migrate it first (migrate_legacy).
 
 Bounded, because this Redis{% if cookiecutter.broker == "redis" %} is also the broker (a full Redis stops all publishing){% else %} also holds results and the beat schedule{% endif %}:
 
 - at most CELERY_DEAD_LETTER_MAX_ENTRIES entries; the oldest are dropped first, with a WARNING log line;
 - each entry is dropped CELERY_DEAD_LETTER_RETENTION seconds after its failure (checked on every write and by the
   daily `report_dead_letters` beat entry);
-- stored arguments follow one rule: values under a key named in CELERY_DEAD_LETTER_REDACT_KEYS (at any depth, any
-  case) are replaced by "[redacted]"; then, if the arguments are over CELERY_DEAD_LETTER_MAX_ARGS_BYTES as JSON, none
-  are kept, only their first 200 characters as `args_preview`. Either way the entry says why in `not_replayable`, and
-  `replay` refuses it: re-send that task from its source.
+- stored arguments follow one rule: values under a key whose name contains a word of CELERY_DEAD_LETTER_REDACT_KEYS
+  (at any depth, any case), and every string that looks like an e-mail address, are replaced by "[redacted]"; then,
+  if the arguments are over CELERY_DEAD_LETTER_MAX_ARGS_BYTES as JSON, none are kept, only their first 200 characters
+  as `args_preview`. Either way the entry says why in `not_replayable`, and `replay` refuses it: re-send that task
+  from its source. The reason and traceback are not redacted (an error message can quote a value), only cut to
+  REASON_CHARS and TRACEBACK_CHARS.
 {%- if cookiecutter.broker == "rabbitmq" %}
 
 RabbitMQ also dead-letters messages natively (queue "<name>.dead", see queues.py): those are messages the broker gave
