@@ -206,6 +206,19 @@ def test_dead_letters_in_the_old_list_are_migrated_redacted_and_listed(
     assert "old-2@" in capsys.readouterr().out and not fake_redis.exists(deadletters._legacy_key())
 
 
+def test_old_list_entries_past_the_retention_period_are_migrated_once_then_dropped(
+    fake_redis: fakeredis.FakeRedis, monkeypatch
+) -> None:
+    monkeypatch.setattr(deadletters.time, "time", lambda: 1_800_000_000.0)  # 2027: all of them past the retention
+    for i in range(1200):  # more than one batch
+        entry = {"id": f"old-{i}", "task": "pkg.task", "args": [], "kwargs": {}, "failed_at": "2026-01-01T00:00:00Z"}
+        fake_redis.rpush(deadletters._legacy_key(), json.dumps(entry))
+    fake_redis.rpush(deadletters._legacy_key(), json.dumps({"id": "new", "failed_at": "2027-01-15T08:00:00Z"}))
+    assert deadletters.migrate_legacy() == 1201
+    assert [entry["id"] for entry in deadletters.entries()] == ["new"] and deadletters.count() == 1
+    assert not fake_redis.exists(deadletters._legacy_key())
+
+
 @pytest.mark.parametrize(
     "arguments",
     [

@@ -174,7 +174,7 @@ def record(
     }
     oldest, count = _store(entry, failed)
     if count > settings.dead_letter_max_entries or oldest < now - settings.dead_letter_retention:
-        trim(now)
+        trim(now, migrate=False)  # not the migration: it calls record() itself
     return entry
 
 
@@ -219,9 +219,10 @@ def migrate_legacy(batch: int = 500) -> int:
     return moved
 
 
-def trim(now: float | None = None) -> int:
+def trim(now: float | None = None, migrate: bool = True) -> int:
     """Drop the entries past the retention period, then the oldest over the cap. Returns how many were dropped."""
-    migrate_legacy()
+    if migrate:
+        migrate_legacy()
     entries, index = _keys()
     db, now = client(), now or time.time()
     dropped = db.zrangebyscore(index, "-inf", now - settings.dead_letter_retention)
