@@ -54,7 +54,11 @@ UNSUPPORTED: list[tuple[dict[str, str], str]] = [
     ({"queues": ""}, "has an empty name"),
     ({"queues": "default,,low"}, "has an empty name"),
     ({"queues": "default,high,default"}, "lists default more than once"),
-    ({"queues": "default,Bad Queue"}, "queue name 'Bad Queue' must match [a-z0-9_-]+"),
+    # Each refused name breaks exactly one rule, so relaxing any one rule turns exactly its case red.
+    ({"queues": "default,bad queue"}, "queue name 'bad queue' must match [a-z0-9_-]+"),
+    ({"queues": "default,bad.queue"}, "queue name 'bad.queue' must match [a-z0-9_-]+"),
+    ({"queues": "default,bad/queue"}, "queue name 'bad/queue' must match [a-z0-9_-]+"),
+    ({"queues": "default,BadQueue"}, "queue name 'BadQueue' must match [a-z0-9_-]+"),
     ({"queues": "default,celeryev"}, "queue name 'celeryev' is reserved"),
     ({"queues": "default,unacked"}, "queue name 'unacked' is a Redis key name"),
     ({"queues": "default,deadletters"}, "queue name 'deadletters' is a Redis key name"),

@@ -146,6 +146,19 @@ def publish(stack: Stack, calls: list[tuple[str, float]]) -> list[str]:
     )
 
 
+def messages_held(stack: Stack) -> int:
+    """Messages of the default queue the broker still holds: ready, or delivered and not yet acknowledged."""
+    rabbit = stack.project.service("rabbitmq")
+    if rabbit is None:
+        return stack.db().llen(stack.queue) + stack.db().hlen("unacked")
+    ctl = services.RABBITMQ_REAL_SCRIPT.with_name("rabbitmqctl")
+    listed = stack.project.run(
+        str(ctl), "list_queues", "name", "messages", "--quiet", "--no-table-headers", env=rabbit.env
+    )
+    assert listed.returncode == 0, listed.stderr
+    return sum(int(line.split()[1]) for line in listed.stdout.splitlines() if line.split()[:1] == [stack.queue])
+
+
 def kill_group(proc: Proc) -> None:
     """SIGKILL the worker and its pool processes at once, as the OOM killer or `docker kill` would."""
     os.killpg(proc.popen.pid, signal.SIGKILL)
@@ -169,15 +182,7 @@ def test_sigkill_with_100_tasks_in_flight_loses_none(broker_stack: Stack) -> Non
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY),
     )
     doomed.wait_for_log("ready.")
-    acks_late = stack.project.client(
-        f"""
-        from {stack.project.package}.tasks.diagnostics import record_run
-        for key in {keys!r}:
-            record_run.delay(key, 0.3)
-        print(json.dumps(record_run.acks_late))
-        """
-    )
-    assert acks_late, "the test is about acks_late redelivery"
+    publish(stack, [(key, 0.3) for key in keys])
     wait_until(lambda: len(RECEIVED.findall(doomed.log.read_text())) >= 100, 60, "all 100 delivered")
     kill_group(doomed)
     killed_at = time.monotonic()
@@ -196,19 +201,32 @@ def test_sigkill_with_100_tasks_in_flight_loses_none(broker_stack: Stack) -> Non
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY),
     )
     heir.wait_for_log("ready.")
-    wait_until(lambda: {run["key"] for run in stack.runs()} >= set(keys), 120, "all 100 tasks completed")
+    # Done when all 100 ran, or when nothing is left to run them: no task completed for 10 s and the broker holds no
+    # message of the queue. A task acknowledged before it finished (acks_late off) is nowhere any more: lost.
+    progress = {"count": -1, "at": time.monotonic()}
+
+    def settled() -> bool:
+        runs = stack.runs()
+        if {run["key"] for run in runs} >= set(keys):
+            return True
+        if len(runs) != progress["count"]:
+            progress.update(count=len(runs), at=time.monotonic())
+        return time.monotonic() - progress["at"] > 10 and not messages_held(stack)
+
+    wait_until(settled, 180, "all 100 tasks completed, or nothing left to run them")
     recovered = time.monotonic() - killed_at
     time.sleep(1)  # a duplicate still running would land now
     runs = [run["key"] for run in stack.runs()]
     duplicates = len(runs) - len(set(runs))
+    lost = sorted(set(keys) - set(runs))
     restart = f"started {VISIBILITY + 1}s after the kill" if broker == "redis" else "started at once"
     print(
         f"SIGKILL, broker={broker}: 100 tasks delivered, {done_before} done before the kill"
         + (f", {unacked} unacked in Redis" if unacked is not None else "")
-        + f"; all 100 completed {recovered:.1f}s after the kill on a new worker ({restart}); lost 0, "
-        f"duplicates {duplicates}"
+        + f"; {100 - len(lost)} of 100 completed {recovered:.1f}s after the kill on a new worker ({restart}); "
+        f"lost {len(lost)}, duplicates {duplicates}"
     )
-    assert set(runs) == set(keys), "a task was lost"
+    assert not lost, f"{len(lost)} of 100 tasks lost: never ran after the SIGKILL, nothing left to redeliver: {lost}"
     # Only a task that had finished but was not yet acknowledged when the worker died can run twice.
     assert duplicates <= done_before
 

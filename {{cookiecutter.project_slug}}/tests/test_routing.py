@@ -6,6 +6,9 @@ from kombu.exceptions import OperationalError
 from {{ cookiecutter.__package }}.celery_app import app
 from {{ cookiecutter.__package }}.queues import PROFILES, TASK_ROUTES
 from {{ cookiecutter.__package }}.settings import settings
+{%- set queues = cookiecutter.__queues.split(',') %}
+{%- set q_high = queues[1] if queues | length > 1 else queues[0] %}
+{%- set q_low = queues[2] if queues | length > 2 else q_high %}
 
 
 def route_of(task_name: str) -> str:
@@ -24,9 +27,33 @@ def test_example_tasks_are_routed_to_declared_queues() -> None:
         assert route_of(name) in settings.queues
 
 
-def test_routes_match_the_table() -> None:
-    expected = TASK_ROUTES["{{ cookiecutter.__package }}.tasks.orders.*"]["queue"]
-    assert route_of("{{ cookiecutter.__package }}.tasks.orders.process_order") == expected
+# Every example task and its queue, written out rather than read from TASK_ROUTES, so a wrong entry in the table fails
+# here. A new task: add it with the queue it must reach.
+EXPECTED_ROUTES = {
+    "{{ cookiecutter.__package }}.tasks.orders.process_order": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.workflows.convert_order": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.workflows.summarize": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.workflows.settlement_failed": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.maintenance.report_dead_letters": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.diagnostics.record_run": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.diagnostics.lose_worker": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.diagnostics.record_once": "{{ queues[0] }}",
+    "{{ cookiecutter.__package }}.tasks.notifications.send_receipt": "{{ q_high }}",
+    "{{ cookiecutter.__package }}.tasks.prices.fetch_price": "{{ q_low }}",
+}
+
+
+def test_every_example_task_reaches_its_queue() -> None:
+    app.loader.import_default_modules()
+    ours = {name for name in app.tasks if name.startswith("{{ cookiecutter.__package }}.")}
+    assert not ours - EXPECTED_ROUTES.keys(), "a task without a pinned queue: add it to EXPECTED_ROUTES"
+    assert {name: route_of(name) for name in EXPECTED_ROUTES} == EXPECTED_ROUTES
+
+
+def test_every_route_in_the_table_is_pinned() -> None:
+    # A module added to TASK_ROUTES gets its tasks pinned above too.
+    modules = {pattern.removesuffix(".*") for pattern in TASK_ROUTES}
+    assert modules == {name.rsplit(".", 1)[0] for name in EXPECTED_ROUTES}
 
 
 def test_unrouted_task_goes_to_the_default_queue() -> None:

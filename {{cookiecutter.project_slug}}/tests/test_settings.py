@@ -92,9 +92,16 @@ def test_soft_limit_must_be_below_hard_limit() -> None:
         make(task_soft_time_limit=300, task_time_limit=300)
 
 
-@pytest.mark.parametrize("queues", ["", "a,a", "Bad Queue"])
-def test_bad_queue_lists_are_refused(queues: str) -> None:
-    with pytest.raises(ValidationError):
+# Each bad name breaks exactly one rule (a space, a dot, a slash, an upper-case letter).
+@pytest.mark.parametrize("name", ["bad queue", "bad.queue", "bad/queue", "BadQueue"])
+def test_bad_queue_names_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match=r"must match \[a-z0-9_-\]\+"):
+        make(queues=f"default,{name}")
+
+
+@pytest.mark.parametrize(("queues", "message"), [("", "queue name '' must match"), ("a,a", "list of unique names")])
+def test_empty_or_repeated_queue_lists_are_refused(queues: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
         make(queues=queues)
 
 
@@ -106,6 +113,29 @@ def test_queue_names_of_redis_keys_are_refused(name: str) -> None:
     with pytest.raises(ValidationError, match=f"queue name '{name}' is a Redis key name"):
         make(queues=f"default,{name}")
 {%- endif %}
+
+
+def test_beat_lock_timeout_must_be_at_least_5x_the_loop_interval() -> None:
+    with pytest.raises(ValidationError, match=r"CELERY_REDBEAT_LOCK_TIMEOUT \(20\) must be at least 5x"):
+        make(beat_max_loop_interval=5.0, redbeat_lock_timeout=20)  # 4x
+    assert make(beat_max_loop_interval=5.0, redbeat_lock_timeout=25).redbeat_lock_timeout == 25  # 5x
+
+
+@pytest.mark.parametrize("name", ["task_max_worker_lost", "dead_letter_max_entries", "dead_letter_retention"])
+def test_poison_and_dead_letter_bounds_cannot_be_switched_off(name: str) -> None:
+    with pytest.raises(ValidationError, match=f"CELERY_{name.upper()} \\(0\\) must be at least 1"):
+        make(**{name: 0})
+{%- if cookiecutter.broker == "rabbitmq" %}
+
+
+def test_poison_bound_stays_below_the_delivery_limit() -> None:
+    with pytest.raises(ValidationError, match="must be below the queues' x-delivery-limit"):
+        make(task_max_worker_lost=10)
+{%- endif %}
+
+
+def test_dead_letter_redact_keys_read_from_a_comma_separated_variable() -> None:
+    assert make(dead_letter_redact_keys="password, email").dead_letter_redact_keys == ["password", "email"]
 
 
 def test_unknown_timezone_is_refused() -> None:

@@ -1,6 +1,7 @@
 """`make bench`: what this project's worker configuration costs, against stock Celery and cookiecutter-django's.
 
     python -m {{ cookiecutter.__package }}.bench [--tasks N] [--rounds R] [--settings] [--quick]
+        [--dead-letters N]
 
 Starts its own redis-server (free port, temporary data directory) and real `celery worker` processes, each in its own
 process group; every process gets the server's URL through the environment, which wins over REDIS_URL in `.env`.
@@ -17,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import celery
@@ -96,6 +99,60 @@ class Bench:
         finally:
             stop(workers)
 
+    def flower(self, setup: Setup) -> Worker:
+        """bin/flower, as deployed, on the bench's broker, with FLOWER_ENABLE_EVENTS from the setup; once it answers."""
+        port, secret = devservers.free_port(), os.urandom(16).hex()
+        env = {**setup.environ(self.url), "FLOWER_ENABLE_EVENTS": setup.flower, "FLOWER_LOGIN": "basic"}
+        env.update(FLOWER_BASIC_AUTH=f"bench:{secret}", FLOWER_COOKIE_SECRET=secret, FLOWER_URL_PREFIX="")
+        env.update(FLOWER_ADDRESS="127.0.0.1", FLOWER_PORT=str(port))
+        self.started += 1
+        flower = Worker.spawn([str(PROJECT / "bin" / "flower")], env, self.work, f"flower{self.started}")
+        deadline = time.monotonic() + 60
+        while True:
+            flower.check_alive()
+            with suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=2):
+                return flower
+            if time.monotonic() > deadline:
+                stop([flower])
+                raise RuntimeError(f"Flower did not answer within 60 s; log in {flower.log}")
+            time.sleep(0.2)
+
+    def monitored(self, setup: Setup, count: int) -> None:
+        """Drain `count` no-op tasks on a worker that runs next to Flower, as deployed (or without it).
+
+        Flower starts first, then the worker, which gets what Flower broadcasts (`enable_events`, every 5 s, when Flower
+        sends it). Consuming is paused while the tasks are published, then resumed and timed as in drain()."""
+        self.redis.flushall()
+        flower = [self.flower(setup)] if setup.flower else []
+        workers = self.start(setup)
+        try:
+            deadline = time.monotonic() + 60
+            while "ready." not in workers[0].log.read_text(errors="replace"):
+                workers[0].check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker not ready within 60 s; log in {workers[0].log}")
+                time.sleep(0.1)
+            if setup.flower:  # one broadcast interval and a second: events were turned on by now, or never will be
+                enabled_at = time.monotonic() + 6
+                while time.monotonic() < enabled_at and "enabled by remote" not in workers[0].log.read_text():
+                    time.sleep(0.1)
+                events = "enabled by remote" in workers[0].log.read_text()
+                if events != (setup.flower == "true"):
+                    raise RuntimeError(f"{setup.label}: task events {'on' if events else 'off'}; log in {self.work}")
+            celery_cli = [str(BIN / "celery"), "--app", f"{PKG}.bench_apps", "control"]
+            env = setup.environ(self.url)
+            self.run([*celery_cli, "cancel_consumer", setup.queue, "-d", workers[0].node], env)
+            self.publish(setup, "noop", count)
+            self.run([*celery_cli, "add_consumer", setup.queue, "-d", workers[0].node], env)
+            (first, low, high, last), _ = self.wait(count, workers, 60 + count * 0.1)
+            start, end = (low, high) if high[0] > low[0] else (first, last)
+            tasks = max(1, end[1] - start[1])
+            self.results[setup.label].append(tasks / (end[0] - start[0]) if end[0] > start[0] else float("nan"))
+            self.results[f"cpu main {setup.label}"].append((end[2] - start[2]) * 1000 / tasks)
+            self.results[f"cpu pool {setup.label}"].append((end[3] - start[3]) * 1000 / tasks)
+        finally:
+            stop(workers + flower)
+
     def ready(self, setup: Setup) -> list[Worker]:
         """The setup's workers, started on an empty queue and past one task: consuming, remote control up."""
         self.redis.flushall()
@@ -163,6 +220,35 @@ class Bench:
             stop(procs)
             server.stop()
 
+    def dead_letters(self, count: int) -> None:
+        """Record `count` dead letters (an order payload each, as tasks/orders.py refuses them), then replay them all
+        with `replay --all`'s code: time taken and Redis memory before, while holding them, and after."""
+        from . import deadletters
+        from .queues import DEFAULT_QUEUE
+
+        self.redis.flushall()
+        # No e-mail address: one would be redacted, and a redacted entry is listed but not replayed.
+        order = {"order_id": "o-0", "amount": "-19.99", "currency": "EUR", "customer": "c-12345"}
+        traceback = "\n".join(f'  File "orders.py", line {n}, in process_order' for n in range(20))
+        memory = [self.redis.info("memory")["used_memory"]]
+        started = time.perf_counter()
+        for i in range(count):
+            task, args = f"{PKG}.tasks.orders.process_order", [dict(order, order_id=f"o-{i}")]
+            deadletters.record(f"bench-{i:06d}", task, args, {}, "InvalidPayload: invalid Order: amount", traceback)
+        self.results["dl record"].append(time.perf_counter() - started)
+        memory.append(self.redis.info("memory")["used_memory"])
+        self.results["dl keys"].append(sum(self.redis.memory_usage(name) or 0 for name in deadletters._keys()))
+        started = time.perf_counter()
+        errors = deadletters.replay_all(out=lambda line: None)
+        self.results["dl replay"].append(time.perf_counter() - started)
+        queued, left = self.redis.llen(DEFAULT_QUEUE), deadletters.count()
+        if errors or left or queued != count:
+            raise RuntimeError(f"replay: {errors} errors, {left} dead letters left, {queued} of {count} tasks queued")
+        self.redis.delete(DEFAULT_QUEUE)  # the replayed tasks, which no worker runs here
+        memory.append(self.redis.info("memory")["used_memory"])
+        for name, used in zip(("before", "holding", "after"), memory, strict=True):
+            self.results[f"dl memory {name}"].append(used / 1_048_576)
+
 
 def rotate(setups: list[Setup], index: int) -> list[Setup]:
     """Round `index` starts with a different setup, so no setup always runs right after the same one."""
@@ -170,7 +256,7 @@ def rotate(setups: list[Setup], index: int) -> list[Setup]:
     return setups[index:] + setups[:index]
 
 
-def run(bench: Bench, groups: dict[str, list[Setup]], tasks: int, rounds: int) -> None:
+def run(bench: Bench, groups: dict[str, list[Setup]], tasks: int, rounds: int, dead_letters: int) -> None:
     from .settings import settings
 
     small = max(4, tasks // 10)  # I/O tasks and latency samples per run
@@ -180,6 +266,8 @@ def run(bench: Bench, groups: dict[str, list[Setup]], tasks: int, rounds: int) -
             bench.drain(setup, "noop", tasks, memory=setup in groups["throughput"][:3])
         for setup in rotate(groups["throughput"][:3], index):
             bench.latency(setup, small)
+        for setup in rotate(groups["flower"], index):
+            bench.monitored(setup, tasks)
         for setup in rotate(groups["io"], index):
             bench.drain(setup, "sleep", small)
         for setup in rotate(groups["layout"], index):
@@ -187,10 +275,13 @@ def run(bench: Bench, groups: dict[str, list[Setup]], tasks: int, rounds: int) -
         for setup in rotate(groups["startup"], index):
             bench.drain(setup, "noop", 1)
         bench.boot(settings.queues)
+        bench.dead_letters(dead_letters)
     bench.probe(groups["startup"][0], rounds)
 
 
-def report(bench: Bench, groups: dict[str, list[Setup]], machine: str, tasks: int, rounds: int) -> str:
+def report(
+    bench: Bench, groups: dict[str, list[Setup]], machine: str, tasks: int, rounds: int, dead_letters: int
+) -> str:
     res = bench.results
 
     def med(key: str) -> float:
@@ -217,10 +308,9 @@ def report(bench: Bench, groups: dict[str, list[Setup]], machine: str, tasks: in
 
     rows: list[tuple[str, str, str]] = []
     throughput, main = groups["throughput"], groups["throughput"][:3]
-    generated, stock, django, monitored = (s.label for s in throughput)
+    generated, stock, django = (s.label for s in throughput)
     add("no-op tasks/s, one worker", throughput)
-    for mine in generated, monitored:
-        rows += [(f"ratio {mine.split(' (')[0]} / {x}", "", f"{med(mine) / med(x):.2f}") for x in (stock, django)]
+    rows += [(f"ratio {generated.split(' (')[0]} / {x}", "", f"{med(generated) / med(x):.2f}") for x in (stock, django)]
     add(
         "one setting changed, tasks/s; x generated",
         groups["settings"],
@@ -231,6 +321,10 @@ def report(bench: Bench, groups: dict[str, list[Setup]], machine: str, tasks: in
     add("publish rate, tasks/s", main, lambda x: cell(f"publish {x}"))
     add("enqueue->start latency p50 / p99, ms", main, percentiles)
     add("worker memory after the run, MB", main, memory)
+    if groups["flower"]:
+        flower, off = groups["flower"], groups["flower"][0].label
+        add("Flower, no-op tasks/s, one worker; x Flower off", flower, lambda x: f"{cell(x)}; {med(x) / med(off):.2f}x")
+        add("Flower, worker CPU per task, ms: main / pool", flower, lambda x: pair(f"cpu main {x}", f"cpu pool {x}"))
     add("I/O task (sleep 50 ms), tasks/s", groups["io"], lambda x: cell(x, 1))
     add("layout, no-op tasks/s", groups["layout"])
     one, two = (s.label for s in groups["layout"])
@@ -240,6 +334,14 @@ def report(bench: Bench, groups: dict[str, list[Setup]], machine: str, tasks: in
         rows.append(("liveness probe, CPU s / wall s", command, pair(f"cpu {name}", f"wall {name}")))
     rows.append(("probe CPU ratio, inspect ping / health worker", "", f"{med('cpu ping') / med('cpu health'):.0f}x"))
     rows.append(("boot to healthy, s", "redis-server, bin/worker per queue, bin/beat", cell("boot", 2)))
+    letters = f"{dead_letters} dead letters (an order payload each)"
+    per_entry = f"{med('dl keys') / dead_letters:.0f} bytes per entry (hash + index)"
+    for name, key in ("record", "dl record"), ("replay --all", "dl replay"):
+        value = f"{cell(key, 2)}; {med(key) * 1000 / dead_letters:.2f} ms per entry"
+        rows.append((f"dead letters: {name}, s", letters, value))
+    memory = " / ".join(f"{med(f'dl memory {name}'):.1f}" for name in ("before", "holding", "after"))
+    rows.append(("dead letters: Redis used_memory MB, before / holding them / after replay", letters, memory))
+    rows.append(("dead letters: memory of their keys", letters, per_entry))
     runs = f"{tasks} no-op tasks per throughput run, {rounds} round(s) alternating between setups; median (min-max)."
     header = [f"Machine: {machine}.", runs, "", "| measurement | setup | result |", "| --- | --- | --- |"]
     return "\n".join(header + [f"| {a} | {b} | {c} |" for a, b, c in rows])
@@ -258,10 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks per throughput run (%(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are over these (%(default)s)")
     parser.add_argument("--settings", action="store_true", help="also measure single settings changed")
+    parser.add_argument("--dead-letters", type=int, default=10_000, help="dead letters replayed (%(default)s)")
     parser.add_argument("--quick", action="store_true", help="20 tasks, 1 round: checks that everything runs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tasks, args.rounds = 20, 1
+        args.tasks, args.rounds, args.dead_letters = 20, 1, 200
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         server = devservers.start_redis(work / "redis", devservers.free_port())
@@ -269,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             os.chdir(work)  # no .env here: the settings are the project's defaults
             os.environ.update(Setup("runner").environ(server.url))
             bench, groups = Bench(work, server.url), plan(args.settings)
-            run(bench, groups, args.tasks, args.rounds)
-            print(report(bench, groups, machine(server.url), args.tasks, args.rounds))
+            run(bench, groups, args.tasks, args.rounds, args.dead_letters)
+            print(report(bench, groups, machine(server.url), args.tasks, args.rounds, args.dead_letters))
         finally:
             server.stop()
     return 0

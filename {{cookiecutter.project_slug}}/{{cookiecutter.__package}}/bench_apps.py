@@ -110,6 +110,7 @@ class Setup:
     workers: int = 1
     conf: str = ""  # JSON settings over the profile's (BENCH_CONF)
     env: tuple[tuple[str, str], ...] = ()
+    flower: str = ""  # "": no Flower; "false"/"true": bin/flower runs next to the worker with this FLOWER_ENABLE_EVENTS
 
     def environ(self, url: str) -> dict[str, str]:
         """The caller's environment minus its Celery, worker and Redis variables, pointed at the bench's Redis."""
@@ -130,6 +131,8 @@ def _conf(**settings: object) -> str:
     return json.dumps(settings)
 
 
+# bin/flower exists only in projects generated with use_flower=y.
+FLOWER = (Path(__file__).resolve().parent.parent / "bin" / "flower").exists()
 RESULTS = {"task_ignore_result": False}  # what a task with `ignore_result=False` stores (STARTED, then its result)
 EVENTS = {"worker_send_task_events": True}  # what a worker sends once Flower has enabled events
 
@@ -159,8 +162,15 @@ def plan(with_settings: bool) -> dict[str, list[Setup]]:
             Setup(f"generated (bin/worker flags, queue `{q}`, prefetch {PROFILES[q].prefetch_multiplier})", queue=q),
             Setup("stock Celery (only broker_url)", "stock", flags=PLAIN),
             Setup("cookiecutter-django settings", "django", flags=PLAIN),
-            Setup("generated, task events on (while Flower runs)", queue=q, conf=_conf(**EVENTS)),
         ],
+        # The generated worker as deployed: Flower off, bin/flower with its defaults, and Flower's own default.
+        "flower": [
+            Setup(f"generated, queue `{q}`, Flower off", queue=q),
+            Setup("generated, Flower up: bin/flower defaults (FLOWER_ENABLE_EVENTS=false)", queue=q, flower="false"),
+            Setup("generated, Flower up: FLOWER_ENABLE_EVENTS=true (Flower's own default)", queue=q, flower="true"),
+        ]
+        if FLOWER
+        else [],
         "settings": [Setup(f"generated, {name}", queue=q, **v) for name, v in VARIANTS.items() if with_settings],
         "io": [
             Setup(f"generated: queue `{io}` (prefetch {PROFILES[io].prefetch_multiplier}), prefork -c 1", queue=io),

@@ -85,7 +85,12 @@ task_create_missing_queues = False
 # redelivered. Tasks must therefore be idempotent (see tasks/notifications.py).
 # https://docs.celeryq.dev/en/stable/faq.html#faq-acks-late-vs-retry
 task_acks_late = True
-# ...and also when the pool process running it is killed (OOM, hard time limit), not only when the worker dies.
+# ...and also when the pool process running it dies (OOM kill, segfault), not only when the whole worker dies: the
+# message goes back to the queue instead of being acknowledged as failed. Bounded: after CELERY_TASK_MAX_WORKER_LOST
+# losses in a row the task is dead-lettered instead of run (deadletters.py), on both brokers. Not the hard time
+# limit: Celery 5.7 acknowledges a task that hits it (task_acks_on_timeout) and runs on_failure: dead-lettered at once.
+# Not Celery's task_retry_on_worker_lost: it spends the task's max_retries (shared with ordinary retries, unbounded
+# when None) and misses a whole worker lost; our counter sees every redelivered start and records the reason.
 task_reject_on_worker_lost = True
 task_soft_time_limit = settings.task_soft_time_limit
 task_time_limit = settings.task_time_limit
@@ -119,8 +124,9 @@ worker_soft_shutdown_timeout = settings.worker_soft_shutdown_timeout
 # Bounds how many countdown/ETA tasks one worker keeps in memory (settings.py says why).
 worker_eta_task_limit = settings.worker_eta_task_limit
 # Task events (three messages per task, from the worker's main process) stay off: with them a worker drained 0.55x
-# as many no-op tasks (`make bench`). bin/metrics reads counters the workers keep in Redis instead (task_counters.py);
-# Flower broadcasts `enable_events` while it runs, and workers send events from then until they restart.
+# as many no-op tasks (`make bench`). bin/metrics reads counters the workers keep in Redis instead (task_counters.py).
+# bin/flower does not turn them on (FLOWER_ENABLE_EVENTS, flowerconfig.py): Flower's own default broadcasts
+# `enable_events` every 5 s, and every worker would send events from then until it restarts.
 worker_send_task_events = settings.worker_send_task_events
 
 timezone = settings.timezone

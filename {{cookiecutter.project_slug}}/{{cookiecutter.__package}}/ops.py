@@ -4,7 +4,7 @@
     python -m {{ cookiecutter.__package }}.ops workers      # who answers: pool, concurrency, prefetch
     python -m {{ cookiecutter.__package }}.ops active       # also: reserved, scheduled, registered
     python -m {{ cookiecutter.__package }}.ops purge QUEUE  # asks you to type the name; --yes skips
-    python -m {{ cookiecutter.__package }}.ops deadletters list   # or: replay TASK_ID | --all
+    python -m {{ cookiecutter.__package }}.ops deadletters list   # or: count, replay TASK_ID, replay --all
 {%- if cookiecutter.broker == "redis" %}
     python -m {{ cookiecutter.__package }}.ops migrate-keys  # once, from the unprefixed layout
 {%- endif %}
@@ -183,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
     migrate_cmd.add_argument("--dry-run", action="store_true", help="print what would move, change nothing")
 {%- endif %}
     # Handled before parsing (main): everything after the word goes to deadletters.main unchanged.
-    commands.add_parser("deadletters", add_help=False, help="list | replay TASK_ID | replay --all")
+    commands.add_parser("deadletters", add_help=False, help="list | count | replay TASK_ID | replay --all")
     return root
 
 

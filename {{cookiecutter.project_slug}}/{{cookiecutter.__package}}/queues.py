@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 from kombu import Exchange, Queue
 
+{% if cookiecutter.broker == "rabbitmq" -%}
+from .settings import DELIVERY_LIMIT, settings
+{%- else -%}
 from .settings import settings
+{%- endif %}
 
 {%- set queues = cookiecutter.__queues.split(',') %}
 {%- set q_high = queues[1] if queues | length > 1 else queues[0] %}
@@ -61,7 +65,8 @@ def exchange_name(name: str) -> str:
 def _declare(name: str) -> Queue:
 {%- if cookiecutter.broker == "rabbitmq" %}
     # Quorum queues are replicated and durable; a message redelivered more than x-delivery-limit times (a poison
-    # message that keeps killing workers) is dead-lettered to "<name>.dead" instead of looping forever.
+    # message that keeps killing workers) is dead-lettered to "<name>.dead" instead of looping forever. The project's
+    # own bound (CELERY_TASK_MAX_WORKER_LOST, below this one) usually comes first and records the reason.
     # A topic exchange, not direct: Celery's native delayed delivery routes a countdown/ETA task through RabbitMQ's
     # delay queues and back to this exchange when it is due, so no worker holds it (with a prefetch of 1 a held task
     # would block the worker) and no consumer_timeout runs against it. The routing key "<name>" has no wildcard, so it
@@ -75,7 +80,7 @@ def _declare(name: str) -> Queue:
         routing_key=name,
         queue_arguments={
             "x-queue-type": "quorum",
-            "x-delivery-limit": 10,
+            "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
             "x-dead-letter-routing-key": dead_letter_queue_name(name),
         },

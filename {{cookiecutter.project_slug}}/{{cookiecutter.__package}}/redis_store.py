@@ -12,7 +12,16 @@ def client() -> redis.Redis:
     # One pooled client per process; decode_responses so callers get str, not bytes. TLS options as every other
     # client's (settings.redis_ssl: verification on for rediss://).
     tls = settings.redis_ssl(settings.redis_url) or {}
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30, **tls)
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        health_check_interval=30,
+        # Bounded waits: redis-py waits forever by default, so a hung Redis would stall every task that touches it
+        # (each redelivered one, through the poison-message counter). No blocking commands use this client.
+        socket_connect_timeout=5,
+        socket_timeout=5,
+        **tls,
+    )
 
 
 def key(*parts: str) -> str:

@@ -31,6 +31,10 @@ RESERVED_QUEUE_NAMES += ("diagnostics", "redbeat")
 {%- endif %}
 # kombu's Redis transport blocks in BRPOP this long per call (Transport.brpop_timeout; not changed here).
 REDIS_BRPOP_TIMEOUT = 1.0
+{%- if cookiecutter.broker == "rabbitmq" %}
+# RabbitMQ's own poison-message bound: the quorum queues' x-delivery-limit (queues.py).
+DELIVERY_LIMIT = 10
+{%- endif %}
 
 
 def _unprefixed(name: str) -> FieldInfo:
@@ -147,8 +151,40 @@ class Settings(BaseSettings):
     worker_soft_shutdown_timeout: float = 30.0
     # None: each worker uses the value its queue's profile sets in queues.py.
     worker_prefetch_multiplier: int | None = None
-    # False: no task events until Flower asks for them (celeryconfig.py says what they cost).
+    # False: no task events unless someone turns them on (`celery control enable_events`, or Flower started with
+    # FLOWER_ENABLE_EVENTS=true); celeryconfig.py says what they cost.
     worker_send_task_events: bool = False
+    # Poison messages: a task whose pool process dies mid-run (OOM kill, segfault) goes back to the queue
+    # (task_reject_on_worker_lost); after this many such losses in a row it is dead-lettered instead, with the reason
+    # "worker lost N times" (deadletters.py). 3: one or two losses can be a neighbour's memory spike or a node going
+    # away; a third in a row is the task itself. Tasks cut off by a deploy are not counted (deadletters.py,
+    # forgive_shutdown). It fails open: if REDIS_URL cannot be reached the task runs uncounted (RUNBOOK).
+    # {% if cookiecutter.broker == "rabbitmq" %}Must stay below the queues' x-delivery-limit (queues.py), or
+    # RabbitMQ dead-letters the message first, without the reason.{% else %}Without it, Redis would hand the message out again for ever.{% endif %}
+    task_max_worker_lost: int = 3
+    # Dead letters live in Redis{% if cookiecutter.broker == "redis" %}, the broker too (a Redis full of them stops all publishing){% endif %}.
+    # Bounded by count and age; memory stays below about dead_letter_max_entries x (dead_letter_max_args_bytes + 2 KiB
+    # of reason and traceback). The count: enough for a bad deploy's burst of failures; the oldest go first (logged).
+    dead_letter_max_entries: int = 10_000
+    # The age, in seconds: arguments can hold personal data (e-mail addresses); 14 days covers two weekly triage rounds.
+    dead_letter_retention: int = 14 * 86_400
+    # Arguments larger than this (bytes of JSON) are not stored, only a preview: a dead letter is for finding and
+    # replaying a failure, not a second copy of big payloads. Such an entry cannot be replayed.
+    dead_letter_max_args_bytes: int = 4096
+    # Argument keys containing any of these (any depth, any case: access_token, X-Api-Key, client_secret, Order.email)
+    # are stored as "[redacted]", and so is any string that looks like an e-mail address: credentials and personal
+    # data never sit in Redis for the retention period. Such an entry cannot be replayed (re-send it from its source).
+    # Not redacted: the failure's reason and traceback (an error message may quote a value); they are cut to
+    # 500 and 2,000 characters (deadletters.py). Remove "email" if your replays need the addresses and may keep them.
+    dead_letter_redact_keys: Annotated[list[str], NoDecode] = [
+        "password",
+        "token",
+        "secret",
+        "key",
+        "auth",
+        "email",
+        "card",
+    ]
     # How long a finished idempotency key is kept: a redelivery or retry of the same key inside this window is skipped.
     idempotency_ttl: int = 7 * 86_400
     # json: one JSON object per line, for log pipelines; text: readable in a terminal (logs.py).
@@ -174,6 +210,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_queues(cls, value: object) -> object:
         return [name.strip() for name in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("dead_letter_redact_keys", mode="before")
+    @classmethod
+    def _split_redact_keys(cls, value: object) -> object:
+        return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
     @field_validator("queues")
     @classmethod
@@ -317,6 +358,20 @@ class Settings(BaseSettings):
                 f"attempt) must be below WORKER_HEARTBEAT_STALE_AFTER ({stale:g} s), or the liveness probe restarts "
                 "a worker waiting for an unresponsive broker"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_dead_letters(self) -> "Settings":
+        for name in ("task_max_worker_lost", "dead_letter_max_entries", "dead_letter_retention"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CELERY_{name.upper()} ({getattr(self, name)}) must be at least 1")
+{%- if cookiecutter.broker == "rabbitmq" %}
+        if self.task_max_worker_lost >= DELIVERY_LIMIT:
+            raise ValueError(
+                f"CELERY_TASK_MAX_WORKER_LOST ({self.task_max_worker_lost}) must be below the queues' x-delivery-limit "
+                f"({DELIVERY_LIMIT}), or RabbitMQ dead-letters a poison message before the project records why"
+            )
+{%- endif %}
         return self
 
     @model_validator(mode="after")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import time
 
 from celery import Task
@@ -48,3 +49,18 @@ def record_once(self: Task, key: str, seconds: float = 0.0) -> str:
         logger.info("record_once %s: recorded, working on for %.1fs", key[:80], seconds)
         time.sleep(seconds)
     return "ran" if ran else "skipped: already ran"
+
+
+# Not retried by Celery: every run is an attempt that the poison-message bound counts (deadletters.py).
+@app.task(bind=True)
+def lose_worker(self, key: str) -> None:
+    """Record a run like record_run, then SIGKILL the pool process running it: an OOM kill or a segfault in a C
+    extension, reproduced. The worker's main process lives on and replaces the pool process.
+
+    For prefork workers only: under WORKER_POOL=solo or threads the pool process is the worker itself.
+    """
+    if self.request.is_eager or self.request.called_directly:
+        raise RuntimeError("lose_worker kills the process running it; send it to a worker, never call it in-process")
+    logger.warning("lose_worker %s: killing pool process %d", key[:80], os.getpid())
+    redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
+    os.kill(os.getpid(), signal.SIGKILL)
