@@ -7,6 +7,7 @@ run with the project's environment (each client is a fresh Python process, as a 
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import services
@@ -21,6 +23,8 @@ from services import log_tail, process_family
 from template import render
 
 VENV_BIN = str(Path(sys.executable).parent)
+# The start of a text-format log line (LOG_FORMAT=text): "[2026-12-02 10:41:06,123: ...".
+LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
 
 @dataclass
@@ -45,6 +49,15 @@ class Proc:
 
     def count(self, text: str) -> int:
         return self.log.read_text(errors="replace").count(text)
+
+    def stamps(self, text: str) -> list[float]:
+        """Times (epoch seconds) of the text-format log lines containing `text`."""
+        times = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            match = LOG_STAMP.match(line)
+            if match and text in line:
+                times.append(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+        return times
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM to the group (a warm shutdown for Celery), SIGKILL after `timeout`. Returns the exit code."""

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -527,3 +528,28 @@ def start_rabbitmq(workdir: Path, *, tls: TlsFiles | None = None) -> Service:
         ready_check=_amqp_connect,
         ready_timeout=RABBITMQ_READY_TIMEOUT,
     )
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str | Callable[[], str] = "condition") -> Any:
+    """Poll `predicate` until it returns something true, and return that; fail after `timeout` seconds.
+
+    A deadline, not a sleep: on a busy 2-core machine a condition may take longer, and it returns as soon as it holds.
+    `what` names the condition in the failure (a callable is asked then, e.g. for a log tail).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what() if callable(what) else what}: not within {timeout}s")
+        time.sleep(0.1)
+
+
+def eventually(condition: Callable[[], Any], timeout: float) -> bool:
+    """Whether `condition` holds within `timeout` seconds (for a figure to print, where wait_until would fail)."""
+    try:
+        wait_until(condition, timeout)
+    except AssertionError:
+        return bool(condition())
+    return True

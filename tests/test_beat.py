@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 from booted import BootedProject, Proc
+from services import wait_until
 
 pytestmark = pytest.mark.boot
 LOOP, LOCK = 1, 5
@@ -20,7 +21,6 @@ FAST = {
     "CELERY_REDBEAT_LOCK_TIMEOUT": str(LOCK),
 }
 SENT = "Sending due task refresh-eurusd"
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
 
 @pytest.fixture
@@ -33,16 +33,6 @@ def start_beat(booted: BootedProject, beats: list[Proc], name: str, **env: str) 
     beat = booted.start(name, ["bin/beat"], {**FAST, **env})
     beats.append(beat)
     return beat
-
-
-def stamps(proc: Proc, text: str) -> list[float]:
-    """Times (epoch seconds) of the log lines containing `text`."""
-    times = []
-    for line in proc.log.read_text(errors="replace").splitlines():
-        match = STAMP.match(line)
-        if match and text in line:
-            times.append(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
-    return times
 
 
 def price_runs(booted: BootedProject, queue: str) -> int:
@@ -70,13 +60,6 @@ def stored(booted: BootedProject) -> dict[str, str | None]:
     )
 
 
-def wait_until(predicate, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.05)
-
-
 def test_beat_fires_soon_after_start_onto_the_routed_queue(booted: BootedProject, beats: list[Proc]) -> None:
     queue = price_queue(booted)
     others = {q: price_runs(booted, q) for q in booted.queues if q != queue}
@@ -84,7 +67,7 @@ def test_beat_fires_soon_after_start_onto_the_routed_queue(booted: BootedProject
     started = time.time()
     beat = start_beat(booted, beats, "beat-first-fire")
     wait_until(lambda: price_runs(booted, queue) >= before + 3, what="three beat-sent price refreshes")
-    first_fire = stamps(beat, SENT)[0] - started
+    first_fire = beat.stamps(SENT)[0] - started
     print(f"first fire {first_fire:.2f}s after starting bin/beat")
     assert first_fire < 10, "the first run of a new interval entry should come right after start-up"
     assert {q: price_runs(booted, q) for q in others} == others, "beat's tasks reached another queue's worker"
@@ -99,22 +82,22 @@ def test_beat_fires_soon_after_start_onto_the_routed_queue(booted: BootedProject
 def test_two_beats_send_each_tick_once_and_the_standby_takes_over(booted: BootedProject, beats: list[Proc]) -> None:
     queue = price_queue(booted)
     active = start_beat(booted, beats, "beat-a")
-    wait_until(lambda: stamps(active, SENT), what="beat A sending")
+    wait_until(lambda: active.stamps(SENT), what="beat A sending")
     standby = start_beat(booted, beats, "beat-b")
     wait_until(lambda: "beat: Starting" in standby.log.read_text(), what="beat B started")
-    runs_before, sends_before = price_runs(booted, queue), len(stamps(active, SENT))
+    runs_before, sends_before = price_runs(booted, queue), len(active.stamps(SENT))
     time.sleep(8)  # about eight ticks of the 1 s entry
-    sends = len(stamps(active, SENT)) - sends_before
+    sends = len(active.stamps(SENT)) - sends_before
     wait_until(lambda: price_runs(booted, queue) - runs_before >= sends, what="workers catching up")
     runs = price_runs(booted, queue) - runs_before
-    print(f"two beats over 8 s: beat A sent {sends}, beat B sent {len(stamps(standby, SENT))}, workers ran {runs}")
-    assert stamps(standby, SENT) == [], "the standby sent while the active beat held the lock"
+    print(f"two beats over 8 s: beat A sent {sends}, beat B sent {len(standby.stamps(SENT))}, workers ran {runs}")
+    assert standby.stamps(SENT) == [], "the standby sent while the active beat held the lock"
     assert runs == sends and sends >= 6, "every tick enqueued exactly once"
 
     active.popen.send_signal(signal.SIGKILL)  # crash: the lock is not released, it must expire
     killed_at = time.time()
-    wait_until(lambda: stamps(standby, SENT), timeout=LOCK + LOOP + 20, what="standby taking over")
-    takeover = stamps(standby, SENT)[0] - killed_at
+    wait_until(lambda: standby.stamps(SENT), timeout=LOCK + LOOP + 20, what="standby taking over")
+    takeover = standby.stamps(SENT)[0] - killed_at
     print(f"takeover after SIGKILL: {takeover:.2f}s (lock timeout {LOCK}s, loop interval {LOOP}s)")
     assert takeover <= LOCK + LOOP + 2
 
@@ -140,7 +123,7 @@ def test_restart_keeps_last_run_and_drops_removed_entries(booted: BootedProject,
         time.sleep(3 * LOOP)  # a few ticks: a lost last_run_at would make the hourly entry fire again now
         after = stored(booted)
         assert after == {"refresh-eurusd": before["refresh-eurusd"]}
-        assert stamps(second, SENT) == []
+        assert second.stamps(SENT) == []
         assert second.stop() == 0
     finally:
         schedule_py.write_text(original)

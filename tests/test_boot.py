@@ -4,12 +4,12 @@ Needs redis-server (and rabbitmq-server for broker=rabbitmq): skipped with the r
 """
 
 import sys
-import time
 import uuid
 
 import pytest
 import services
 from booted import BootedProject
+from services import wait_until
 
 pytestmark = pytest.mark.boot
 ORDER = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@example.com"}
@@ -17,13 +17,6 @@ ORDER = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@ex
 
 def worker_log_has(project: BootedProject, queue: str, text: str) -> bool:
     return text in project.proc(f"worker-{queue}").log.read_text()
-
-
-def wait_until(predicate, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def test_each_queue_runs_its_routed_tasks_on_its_own_worker(booted: BootedProject) -> None:

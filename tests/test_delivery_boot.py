@@ -14,13 +14,14 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import redis
 import services
 from booted import BootedProject, Proc, running_project
+from services import wait_until
 from template import CHOICES
 
 pytestmark = pytest.mark.boot
@@ -111,16 +112,6 @@ def workers(stack: Stack) -> Iterator[Stack]:
         for proc in stack.project.procs[before:]:
             proc.stop(timeout=60)
 
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll until `predicate()` is true; a deadline, not a sleep: the 2-core machine may be busy."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.2)
-
-
-# --- 1. A countdown does not hold a prefetch-1 worker -------------------------------------------------------
 
 COUNTDOWN = 30
 IMMEDIATE = 20

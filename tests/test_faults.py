@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import pytest
 import redis
 import services
 from booted import BootedProject, Proc, running_project
+from services import wait_until
 from template import CHOICES
 
 pytestmark = pytest.mark.boot
@@ -126,14 +127,6 @@ def fresh(stack: Stack) -> Iterator[Stack]:
             for pid in services.process_family(proc.popen.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll until `predicate()` is true; a deadline, not a sleep: the 2-core machine may be busy."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.1)
 
 
 def publish(stack: Stack, calls: list[tuple[str, float]]) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 import redis
 import services
 from booted import BootedProject, install, project_env, read_answers, uninstall
+from services import eventually
 from template import render
 
 pytestmark = pytest.mark.boot
@@ -96,15 +97,6 @@ def flower_depth(project: BootedProject, queue: str) -> int:
     )
 
 
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
-
-
 def test_two_projects_on_one_redis_database_do_not_see_each_other(
     pair: tuple[BootedProject, BootedProject, redis.Redis],
 ) -> None:
@@ -119,7 +111,7 @@ def test_two_projects_on_one_redis_database_do_not_see_each_other(
     def settled() -> int:
         return sum(len(runs(db, p)) + p.proc("worker-default").count(UNREGISTERED) for p in (alpha, beta))
 
-    wait_for(lambda: settled() >= 2 * SENT, timeout=120)
+    eventually(lambda: settled() >= 2 * SENT, timeout=120)
     for project in (alpha, beta):
         ran = runs(db, project)
         figures[f"{project.package}: own tasks run on own worker"] = f"{len(set(ran) & set(sent[project.package]))}"
@@ -155,14 +147,14 @@ def test_two_projects_on_one_redis_database_do_not_see_each_other(
     figures[f"{beta.package} worker still running"] = b_worker.popen.poll() is None
     # ...and the other project's worker still works.
     send(beta, "default", [f"{beta.package}-after-shutdown"])
-    figures[f"{beta.package} task after the broadcast ran"] = wait_for(
+    figures[f"{beta.package} task after the broadcast ran"] = eventually(
         lambda: f"{beta.package}-after-shutdown" in runs(db, beta), timeout=60
     )
 
     # 4. Priority tasks (kombu's "<queue>\x06\x16<step>" lists) and remote-control replies write keys of their own.
     for project in (alpha, beta):
         send(project, "default", [f"{project.package}-priority"], priority=9)  # alpha's worker is gone: it stays queued
-    figures[f"{beta.package} priority task ran"] = wait_for(
+    figures[f"{beta.package} priority task ran"] = eventually(
         lambda: f"{beta.package}-priority" in runs(db, beta), timeout=60
     )
     for project in (alpha, beta):

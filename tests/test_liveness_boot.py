@@ -9,20 +9,19 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 import redis
 import services
 from booted import BootedProject, Proc, running_project
+from services import wait_until
 from template import CHOICES
 
 pytestmark = pytest.mark.boot
@@ -128,16 +127,6 @@ def broker_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
 @pytest.fixture
 def redis_stack(live_redis: Stack) -> Iterator[Stack]:
     yield from fresh(live_redis)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.1)
-
-
-# --- worker liveness ----------------------------------------------------------------------------------------
 
 
 def test_worker_waiting_for_its_broker_stays_live_and_reconnects_in_the_same_process(broker_stack: Stack) -> None:
@@ -290,16 +279,6 @@ BEAT_ENV = {
     "CELERY_REDBEAT_LOCK_TIMEOUT": "10",
 }
 SENT = "Sending due task refresh-eurusd"
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
-
-
-def stamps(proc: Proc, text: str) -> list[float]:
-    times = []
-    for line in proc.log.read_text(errors="replace").splitlines():
-        match = STAMP.match(line)
-        if match and text in line:
-            times.append(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
-    return times
 
 
 def test_two_beats_ride_out_a_redis_restart_then_the_standby_takes_over_once(redis_stack: Stack) -> None:
@@ -317,7 +296,7 @@ def test_two_beats_ride_out_a_redis_restart_then_the_standby_takes_over_once(red
     worker = stack.worker("prices", WORKER_QUEUES=queue)
     worker.wait_for_log("ready.")
     active = project.start("beat-active", ["bin/beat"], BEAT_ENV)
-    wait_until(lambda: len(stamps(active, SENT)) >= 3, 60, "beat sending")
+    wait_until(lambda: len(active.stamps(SENT)) >= 3, 60, "beat sending")
     standby = project.start("beat-standby", ["bin/beat"], BEAT_ENV)
     standby.wait_for_log("beat: Starting...")
     time.sleep(2)  # in its wait for the lock
@@ -329,14 +308,14 @@ def test_two_beats_ride_out_a_redis_restart_then_the_standby_takes_over_once(red
     time.sleep(8)
     for beat in (active, standby):
         assert beat.popen.poll() is None, f"{beat.name} exited after the Redis restart:\n{services.log_tail(beat.log)}"
-    assert stamps(standby, SENT) == [], "the standby sent while the active beat held the lock"
+    assert standby.stamps(SENT) == [], "the standby sent while the active beat held the lock"
     assert active.stop(timeout=60) == 0
     stopped_at = time.time()
-    wait_until(lambda: len(stamps(standby, SENT)) >= 3, 60, "the standby taking over")
-    taken_at = stamps(standby, SENT)[0]
+    wait_until(lambda: len(standby.stamps(SENT)) >= 3, 60, "the standby taking over")
+    taken_at = standby.stamps(SENT)[0]
 
-    sent = sorted(stamps(active, SENT) + stamps(standby, SENT))
-    failed = len(stamps(active, "Message Error")) + len(stamps(standby, "Message Error"))
+    sent = sorted(active.stamps(SENT) + standby.stamps(SENT))
+    failed = len(active.stamps("Message Error")) + len(standby.stamps("Message Error"))
     succeeded = len(sent) - failed
     wait_until(lambda: worker.count("succeeded in") >= succeeded, 60, "the worker running every tick beat sent")
     runs = worker.count("succeeded in")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 from booted import BootedProject, running_project
+from services import eventually
 
 pytestmark = pytest.mark.boot
 
@@ -31,15 +32,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedProject]
 
 def runs(db: redis.Redis, project: BootedProject) -> list[str]:
     return [json.loads(entry)["key"] for entry in db.lrange(f"{project.package}:diagnostics:runs", 0, -1)]
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def test_messages_of_the_unprefixed_layout_run_after_migrate_keys(project: BootedProject) -> None:
@@ -75,7 +67,7 @@ def test_messages_of_the_unprefixed_layout_run_after_migrate_keys(project: Boote
     dry = project.module("ops", COMMAND, "--dry-run")
     kept_by_dry_run = sorted(k for k in db.scan_iter() if not k.startswith(f"{project.package}:"))
     migrated = project.module("ops", COMMAND)
-    all_ran = wait_for(lambda: sorted(runs(db, project)) == sorted(OLD + PRIORITY), timeout=90)
+    all_ran = eventually(lambda: sorted(runs(db, project)) == sorted(OLD + PRIORITY), timeout=90)
     again = project.module("ops", COMMAND)
     left = sorted(k for k in db.scan_iter() if not k.startswith(f"{project.package}:"))
 

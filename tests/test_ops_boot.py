@@ -17,13 +17,14 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import services
 from booted import BootedProject, Proc
 from prometheus_client.parser import text_string_to_metric_families
+from services import wait_until
 
 pytestmark = pytest.mark.boot
 ORDER = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@example.com"}
@@ -49,13 +50,6 @@ def idle(booted: BootedProject, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def exporters(stopped_afterwards: list[Proc]) -> list[Proc]:
     """Exporters started by a test; stopped afterwards whatever happened."""
     return stopped_afterwards
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.2)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float] | None:

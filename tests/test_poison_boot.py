@@ -12,15 +12,9 @@ import uuid
 import pytest
 import redis
 from booted import BootedProject
+from services import wait_until
 
 pytestmark = pytest.mark.boot
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.2)
 
 
 def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(booted: BootedProject) -> None:

@@ -12,16 +12,15 @@ import base64
 import json
 import re
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import services
 from booted import BootedProject, Proc
-from services import TlsFiles
+from services import TlsFiles, wait_until
 
 pytestmark = pytest.mark.boot
 # Beat with short timings through the environment (as tests/test_beat.py): a 1 s entry, a 1 s loop.
@@ -119,16 +118,6 @@ def good(booted: BootedProject, pki: Pki, tmp_path_factory: pytest.TempPathFacto
     finally:
         for server in reversed(servers):
             server.stop()
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float = 90, what: str | Callable[[], str] = "condition"
-) -> None:
-    """Wait for `predicate`; `what` describes it in the failure (a callable is asked then, e.g. for a log tail)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what() if callable(what) else what} not met within {timeout}s"
-        time.sleep(0.2)
 
 
 def start_worker(booted: BootedProject, started: list[Proc], name: str, env: dict[str, str]) -> Proc:

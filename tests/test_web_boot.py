@@ -6,7 +6,6 @@ readable, bad input is refused with the field named, and SIGTERM is a clean exit
 """
 
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import services
 from booted import BootedProject, Proc
+from services import wait_until
 
 pytestmark = pytest.mark.boot
 TOKEN = secrets.token_urlsafe(24)
@@ -41,16 +41,6 @@ class Web:
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=15)
-
-
-def wait_until(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 @pytest.fixture(scope="module")

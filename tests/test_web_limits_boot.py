@@ -23,7 +23,7 @@ import httpx
 import pytest
 import services
 from booted import BootedProject, Proc
-from services import process_family
+from services import process_family, wait_until
 
 # The limits do not depend on the broker: the session's Redis project is enough.
 pytestmark = [pytest.mark.boot, pytest.mark.parametrize("booted", ["redis"], indirect=True, ids=["broker=redis"])]
@@ -74,16 +74,6 @@ class Answer:
 
     def __str__(self) -> str:
         return f"{self.label}: {self.status} after {self.seconds:.2f}s, {self.sent / MB:.1f} MB sent"
-
-
-def wait_until(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 @pytest.fixture(scope="module")

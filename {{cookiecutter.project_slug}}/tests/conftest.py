@@ -133,3 +133,16 @@ def own_worker(tmp_path: Path) -> Iterator[Worker]:
         yield worker
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def fake_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The dead-letter store on fakeredis, for unit tests (imported here: settings are read at import, after
+    pytest_configure has set the environment)."""
+    import fakeredis
+
+    from {{ cookiecutter.__package }} import deadletters
+
+    fake = fakeredis.FakeRedis(decode_responses=True)
+    monkeypatch.setattr(deadletters, "client", lambda: fake)
+    yield fake

@@ -3,7 +3,6 @@ One test (marked integration) claims entries from two threads against the sessio
 
 import json
 import threading
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,13 +15,6 @@ from {{ cookiecutter.__package }}.celery_app import app
 from {{ cookiecutter.__package }}.redis_store import client as real_client
 from {{ cookiecutter.__package }}.settings import settings
 from {{ cookiecutter.__package }}.tasks.orders import process_order
-
-
-@pytest.fixture
-def fake_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
-    fake = fakeredis.FakeRedis(decode_responses=True)
-    monkeypatch.setattr(deadletters, "client", lambda: fake)
-    yield fake
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Guards (guards.py) in isolation: the payload size limit, and refused messages recorded as dead letters."""
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -15,13 +14,6 @@ from {{ cookiecutter.__package }}.celery_app import app
 from {{ cookiecutter.__package }}.settings import settings
 from {{ cookiecutter.__package }}.tasks.orders import process_order
 from {{ cookiecutter.__package }}.tasks.prices import fetch_price
-
-
-@pytest.fixture
-def fake_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
-    fake = fakeredis.FakeRedis(decode_responses=True)
-    monkeypatch.setattr(deadletters, "client", lambda: fake)
-    yield fake
 
 
 @pytest.fixture
