@@ -115,3 +115,24 @@ def test_solo_pool_is_refused_when_celery_worker_runs_directly() -> None:
         check=False,
     )
     assert worker.returncode != 0 and "the solo pool is refused" in worker.stderr, worker.stderr[-2000:]
+{%- if cookiecutter.broker == "redis" %}
+
+
+def test_broker_check_gives_up_on_an_unresponsive_redis() -> None:
+    """A server that accepts connections and never answers (a blackholed Redis): `health broker`, which the start
+    scripts run first, must end with its reason instead of hanging (kombu's Redis transport ignores connect_timeout)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        env = {key: value for key, value in os.environ.items() if key != "CELERY_BROKER_URL"}
+        env["REDIS_URL"] = f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+        result = subprocess.run(
+            [sys.executable, "-m", "{{ cookiecutter.__package }}.health", "broker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,  # the failure this guards: no answer at all
+        )
+    assert result.returncode == 1, result.stderr
+    assert "broker unreachable" in result.stderr
+{%- endif %}

@@ -142,7 +142,12 @@ redbeat_redis_url = settings.redbeat_redis_url
 # RedBeat's own TLS options (it falls back to broker_use_ssl, which for RabbitMQ holds py-amqp's, not redis-py's).
 redbeat_redis_use_ssl = settings.redis_ssl(settings.redbeat_redis_url)
 # Set explicitly: otherwise RedBeat falls back to broker_transport_options (deprecated) and warns at every start.
-redbeat_redis_options = {"health_check_interval": 30}
+# The socket timeouts: without them a tick on an unresponsive Redis blocks until the beat probe restarts the pod.
+redbeat_redis_options = {
+    "health_check_interval": 30,
+    "socket_connect_timeout": settings.redis_socket_connect_timeout,
+    "socket_timeout": settings.redis_socket_timeout,
+}
 redbeat_key_prefix = settings.redbeat_key_prefix
 # Chosen together (see settings.py): the lock outlives >= 5 loop intervals; a standby takes over within
 # redbeat_lock_timeout + beat_max_loop_interval of the active beat dying.

@@ -74,7 +74,16 @@ def check_broker(wait: float) -> str | None:
     while True:
         try:
             # ssl: the same verified TLS options as the workers' (False for a plain URL).
-            with Connection(settings.broker_url, ssl=settings.broker_use_ssl or False, connect_timeout=3) as connection:
+{%- if cookiecutter.broker == "redis" %}
+            # The socket timeouts bound one attempt on an unresponsive Redis: kombu's Redis transport ignores
+            # connect_timeout, and would wait forever.
+            bounds = {"socket_connect_timeout": 3, "socket_timeout": 3}
+{%- else %}
+            bounds: dict[str, float] = {}  # py-amqp bounds the attempt with connect_timeout
+{%- endif %}
+            with Connection(
+                settings.broker_url, ssl=settings.broker_use_ssl or False, connect_timeout=3, transport_options=bounds
+            ) as connection:
                 connection.ensure_connection(max_retries=1)
             return None
         except Exception as exc:

@@ -18,8 +18,8 @@ def client() -> redis.Redis:
         health_check_interval=30,
         # Bounded waits: redis-py waits forever by default, so a hung Redis would stall every task that touches it
         # (each redelivered one, through the poison-message counter). No blocking commands use this client.
-        socket_connect_timeout=5,
-        socket_timeout=5,
+        socket_connect_timeout=settings.redis_socket_connect_timeout,
+        socket_timeout=settings.redis_socket_timeout,
         **tls,
     )
 
