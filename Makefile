@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
-# Two pytest processes: boot tests mostly wait on servers, so two of them share 2 cores well (tests/conftest.py keeps
-# tests that share an installed project on one process).
-PYTEST_JOBS ?= 2
+# Four pytest processes on 2 cores: boot tests mostly wait on servers and workers (tests/conftest.py keeps the tests
+# of one boot module on one process).
+PYTEST_JOBS ?= 4
 
 .PHONY: help bootstrap demo test test-fast lint clean
 

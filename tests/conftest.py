@@ -1,5 +1,6 @@
 """Fixtures shared by the boot-tier modules: one rendered, installed and running project per broker, per session."""
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -8,22 +9,16 @@ from template import CHOICES
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep what shares an installed project on one xdist worker (`make test` runs `-n 2 --dist loadgroup`).
+    """Keep what shares an installed project on one xdist worker (`make test` runs `-n 4 --dist loadgroup`).
 
-    Every boot project is pip-installed into this one environment under a fixed name, so two workers must never set
-    up the same fixture: tests on the session `booted` project go together per broker, and the other boot tests per
-    module (their module-scoped stacks). Fast tests carry no group and fill the gaps.
+    Every boot project is pip-installed into this one environment under its name, so two processes must never set up
+    the same module-scoped stack: the boot tests go together per module. The session `booted` project carries the
+    process's name (PYTEST_XDIST_WORKER), so each process that needs it boots its own. Fast tests carry no group and
+    fill the gaps.
     """
     for item in items:
-        if item.get_closest_marker("boot") is None:
-            continue
-        if "booted" in item.fixturenames:
-            params = getattr(item, "callspec", None)
-            broker = params.params.get("booted", "redis") if params else "redis"
-            group = f"booted-{broker}"
-        else:
-            group = item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+        if item.get_closest_marker("boot") is not None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture(scope="session", params=CHOICES["broker"], ids=lambda broker: f"broker={broker}")
@@ -31,7 +26,9 @@ def booted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """Real servers and one worker per queue started through the generated bin/worker."""
     broker = request.param
     # A distinct name per variant, so both can be installed into the one shared environment.
-    with running_project(tmp_path_factory.mktemp(f"boot-{broker}"), f"Boot {broker}", broker) as project:
+    # A distinct name per pytest process too (make test runs several): each installs and boots its own.
+    name = f"Boot {broker} {os.environ.get('PYTEST_XDIST_WORKER', '')}".strip()
+    with running_project(tmp_path_factory.mktemp(f"boot-{broker}"), name, broker) as project:
         yield project
 
 

@@ -13,6 +13,7 @@ from services import wait_until
 
 pytestmark = pytest.mark.boot
 ORDER = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@example.com"}
+NO_EMAIL = {key: value for key, value in ORDER.items() if key != "email"}
 
 
 def worker_log_has(project: BootedProject, queue: str, text: str) -> bool:
@@ -85,7 +86,8 @@ def test_bad_payload_is_dead_lettered_listed_and_replayable(booted: BootedProjec
     failed_id = booted.client(
         f"""
         from {booted.package}.tasks.orders import process_order
-        result = process_order.delay(dict({ORDER!r}, amount="-5"))
+        # No e-mail address: an entry holding one is stored redacted, and a redacted entry is never replayed.
+        result = process_order.delay(dict({NO_EMAIL!r}, amount="-5"))
         try:
             result.get(timeout=30)
         except Exception as exc:

@@ -172,6 +172,8 @@ def test_sigkill_with_100_tasks_in_flight_loses_none(broker_stack: Stack) -> Non
         f"doomed-{broker}",
         WORKER_CONCURRENCY="4",
         CELERY_WORKER_PREFETCH_MULTIPLIER="25",
+        # The settings refuse a prefetch above the one the broker timeouts are sized from: raised together here.
+        CELERY_MAX_PREFETCH_MULTIPLIER="25",
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY),
     )
     doomed.wait_for_log("ready.")

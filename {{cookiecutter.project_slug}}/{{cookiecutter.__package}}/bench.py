@@ -225,6 +225,7 @@ class Bench:
         with `replay --all`'s code: time taken and Redis memory before, while holding them, and after."""
         from . import deadletters
         from .queues import DEFAULT_QUEUE
+        from .settings import settings
 
         self.redis.flushall()
         # No e-mail address: one would be redacted, and a redacted entry is listed but not replayed.
@@ -241,10 +242,12 @@ class Bench:
         started = time.perf_counter()
         errors = deadletters.replay_all(out=lambda line: None)
         self.results["dl replay"].append(time.perf_counter() - started)
-        queued, left = self.redis.llen(DEFAULT_QUEUE), deadletters.count()
+        # The queue's list as kombu names it: "<CELERY_KEY_PREFIX>:<queue>".
+        queue_key = f"{settings.global_keyprefix}{DEFAULT_QUEUE}"
+        queued, left = self.redis.llen(queue_key), deadletters.count()
         if errors or left or queued != count:
             raise RuntimeError(f"replay: {errors} errors, {left} dead letters left, {queued} of {count} tasks queued")
-        self.redis.delete(DEFAULT_QUEUE)  # the replayed tasks, which no worker runs here
+        self.redis.delete(queue_key)  # the replayed tasks, which no worker runs here
         memory.append(self.redis.info("memory")["used_memory"])
         for name, used in zip(("before", "holding", "after"), memory, strict=True):
             self.results[f"dl memory {name}"].append(used / 1_048_576)
