@@ -8,19 +8,6 @@ from booted import BootedProject, Proc, running_project
 from template import CHOICES
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep what shares an installed project on one xdist worker (`make test` runs `-n 4 --dist loadgroup`).
-
-    Every boot project is pip-installed into this one environment under its name, so two processes must never set up
-    the same module-scoped stack: the boot tests go together per module. The session `booted` project carries the
-    process's name (PYTEST_XDIST_WORKER), so each process that needs it boots its own. Fast tests carry no group and
-    fill the gaps.
-    """
-    for item in items:
-        if item.get_closest_marker("boot") is not None:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-
-
 @pytest.fixture(scope="session", params=CHOICES["broker"], ids=lambda broker: f"broker={broker}")
 def booted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedProject]:
     """Real servers and one worker per queue started through the generated bin/worker."""
