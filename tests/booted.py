@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import services
 from services import log_tail, process_family
 from template import render
@@ -219,3 +220,25 @@ def running_project(work: Path, project_name: str, broker: str, *, workers: bool
         for service in reversed(started):
             service.stop()
         uninstall(answers["project_slug"])
+
+
+@contextlib.contextmanager
+def running_web(project: BootedProject, name: str, token: str) -> Iterator[tuple[Proc, int]]:
+    """bin/web on a free port with two workers, as a user starts it, once /readyz answers 200; stopped afterwards."""
+    port = services.free_port()
+    # The booted env has REDIS_URL (and CELERY_BROKER_URL); the web process needs its own WEB_* values on top.
+    env = {"WEB_BIND": f"127.0.0.1:{port}", "WEB_API_TOKEN": token, "WEB_CONCURRENCY": "2"}
+    proc = project.start(name, [str(project.path / "bin" / "web")], env=env)
+
+    def ready() -> bool:
+        assert proc.popen.poll() is None, f"bin/web exited {proc.popen.returncode}:\n{log_tail(proc.log)}"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        services.wait_until(ready, what="bin/web answering /readyz with 200")
+        yield proc, port
+    finally:
+        proc.stop(timeout=60)

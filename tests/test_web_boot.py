@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import services
-from booted import BootedProject, Proc
+from booted import BootedProject, Proc, running_web
 from services import wait_until
 
 pytestmark = pytest.mark.boot
@@ -45,24 +45,8 @@ class Web:
 
 @pytest.fixture(scope="module")
 def web(booted: BootedProject) -> Iterator[Web]:
-    port = services.free_port()
-    # The booted env has REDIS_URL (and CELERY_BROKER_URL); the web process needs its own WEB_* values on top.
-    env = {"WEB_BIND": f"127.0.0.1:{port}", "WEB_API_TOKEN": TOKEN, "WEB_CONCURRENCY": "2"}
-    proc = booted.start("web", [str(booted.path / "bin" / "web")], env=env)
-    served = Web(proc, f"http://127.0.0.1:{port}")
-
-    def ready() -> bool:
-        assert proc.popen.poll() is None, f"bin/web exited {proc.popen.returncode}:\n{services.log_tail(proc.log)}"
-        try:
-            return httpx.get(f"{served.url}/readyz", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(ready, what="bin/web answering /readyz with 200")
-        yield served
-    finally:
-        proc.stop(timeout=60)
+    with running_web(booted, "web", TOKEN) as (proc, port):
+        yield Web(proc, f"http://127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p.split('/')[1]}" for m, p in PROTECTED])

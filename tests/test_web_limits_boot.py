@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import services
-from booted import BootedProject, Proc
+from booted import BootedProject, Proc, running_web
 from services import process_family, wait_until
 
 # The limits do not depend on the broker: the session's Redis project is enough.
@@ -78,23 +78,8 @@ class Answer:
 
 @pytest.fixture(scope="module")
 def web(booted: BootedProject) -> Iterator[Web]:
-    port = services.free_port()
-    env = {"WEB_BIND": f"127.0.0.1:{port}", "WEB_API_TOKEN": TOKEN, "WEB_CONCURRENCY": "2"}
-    proc = booted.start("web-limits", [str(booted.path / "bin" / "web")], env=env)
-    served = Web(proc, port)
-
-    def ready() -> bool:
-        assert proc.popen.poll() is None, f"bin/web exited {proc.popen.returncode}:\n{services.log_tail(proc.log)}"
-        try:
-            return httpx.get(f"{served.url}/readyz", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(ready, what="bin/web answering /readyz with 200")
-        yield served
-    finally:
-        proc.stop(timeout=60)
+    with running_web(booted, "web-limits", TOKEN) as (proc, port):
+        yield Web(proc, port)
 
 
 def blocks(total: int, chunked: bool) -> Iterator[bytes]:
