@@ -150,6 +150,8 @@ def project_env(path: Path, redis_url: str, broker_url: str | None) -> dict[str,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ENVIRONMENT": "development",
         "REDIS_URL": redis_url,
+        # The fault-drill tasks (devtools/, not in the wheel): workers import them only when asked to.
+        "CELERY_EXTRA_TASK_MODULES": "devtools.diagnostics",
     }
     if broker_url:
         env["CELERY_BROKER_URL"] = broker_url

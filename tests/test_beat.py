@@ -44,18 +44,19 @@ def price_runs(booted: BootedProject, queue: str) -> int:
 def price_queue(booted: BootedProject) -> str:
     return booted.client(
         f"""
-        from {booted.package}.schedule import ENTRIES
+        from {booted.package}.config.schedule import ENTRIES
         print(json.dumps(next(e.queue for e in ENTRIES if e.name == "refresh-eurusd")))
         """
     )
 
 
 def stored(booted: BootedProject) -> dict[str, str | None]:
-    """Entry name -> last run, as Redis holds them (read through the project's beatctl module)."""
+    """Entry name -> last run, as Redis holds them (read through the project's `ops beat` helpers)."""
     return booted.client(
         f"""
-        from {booted.package}.beatctl import stored_entries
-        print(json.dumps({{e.name: e.last_run_at and e.last_run_at.isoformat() for e in stored_entries()}}))
+        from {booted.package}.celery_app import app
+        from {booted.package}.ops.beat import stored_entries
+        print(json.dumps({{e.name: e.last_run_at and e.last_run_at.isoformat() for e in stored_entries(app)}}))
         """
     )
 
@@ -132,7 +133,7 @@ def test_restart_keeps_last_run_and_drops_removed_entries(booted: BootedProject,
 def test_schedule_listing_and_run_now(booted: BootedProject, beats: list[Proc]) -> None:
     start_beat(booted, beats, "beat-listing", CELERY_PRICE_REFRESH_SECONDS="3600")
     wait_until(lambda: stored(booted).get("refresh-eurusd"), what="refresh-eurusd has a last run")
-    listing = booted.module("beatctl", "list")
+    listing = booted.module("ops", "beat", "list")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
     print(listing.stdout)
@@ -144,11 +145,11 @@ def test_schedule_listing_and_run_now(booted: BootedProject, beats: list[Proc]) 
     assert abs((datetime.fromisoformat(following) - datetime.fromisoformat(last)).total_seconds() - 3600) <= 1
 
     report_runs = booted.proc(f"worker-{booted.queues[0]}").count("report_dead_letters[")
-    run = booted.module("beatctl", "run", "dead-letter-report")
+    run = booted.module("ops", "beat", "run", "dead-letter-report")
     assert run.returncode == 0 and "sent dead-letter-report" in run.stdout, run.stderr
     wait_until(
         lambda: booted.proc(f"worker-{booted.queues[0]}").count("report_dead_letters[") >= report_runs + 2,
         what="report task run on the default queue's worker",
     )
-    unknown = booted.module("beatctl", "run", "no-such-entry")
+    unknown = booted.module("ops", "beat", "run", "no-such-entry")
     assert unknown.returncode == 1 and "no entry 'no-such-entry'" in unknown.stderr

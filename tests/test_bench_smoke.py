@@ -1,6 +1,6 @@
 """Boot tier: the generated `make bench` runs end to end and prints its whole table.
 
-`python -m <package>.bench --quick` in a rendered, installed project: its own redis-server, real workers, a real
+`python -m devtools.bench --quick` in a rendered, installed project: its own redis-server, real workers, a real
 Flower next to a worker (bin/flower defaults, and with FLOWER_ENABLE_EVENTS=true), one tiny round of every measurement.
 The figures depend on the machine and are never asserted; every row must be there.
 """
@@ -69,7 +69,7 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
     install(project)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "bench_smoke.bench", "--quick"],
+            [sys.executable, "-m", "devtools.bench", "--quick"],
             cwd=project,
             capture_output=True,
             text=True,

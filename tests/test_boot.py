@@ -75,7 +75,7 @@ def test_idempotent_task_acts_once_under_redelivery(booted: BootedProject) -> No
     wait_until(lambda: booted.proc(f"worker-{queue}").count(f"[{task_id}] succeeded") == 2)
     outbox_count = booted.client(
         f"""
-        from {booted.package}.redis_store import client, key
+        from {booted.package}.runtime.redis_store import client, key
         print(json.dumps(client().lrange(key("outbox", "receipts"), 0, -1).count("{order_id}")))
         """
     )
@@ -95,11 +95,11 @@ def test_bad_payload_is_dead_lettered_listed_and_replayable(booted: BootedProjec
         print(json.dumps(result.id))
         """
     )
-    listing = booted.module("deadletters", "list")
+    listing = booted.module("ops", "deadletters", "list")
     assert listing.returncode == 0 and failed_id in listing.stdout
     line = next(line for line in listing.stdout.splitlines() if failed_id in line)
     assert "InvalidPayload: invalid Order: amount" in line and "queue=" + booted.queues[0] in line
-    replay = booted.module("deadletters", "replay", failed_id)
+    replay = booted.module("ops", "deadletters", "replay", failed_id)
     assert replay.returncode == 0 and f"replayed {failed_id} as " in replay.stdout
     # The worker is still consuming: a good order goes through.
     assert (
@@ -138,8 +138,8 @@ def test_broker_holds_the_declared_queues(booted: BootedProject) -> None:
         # kombu's Redis transport records each queue's binding to its own direct exchange, under the key prefix.
         bindings = booted.client(
             f"""
-            from {booted.package}.redis_store import client
-            from {booted.package}.settings import settings
+            from {booted.package}.runtime.redis_store import client
+            from {booted.package}.config.settings import settings
             key = settings.global_keyprefix + "_kombu.binding."
             print(json.dumps({{q: sorted(client().smembers(key + q)) for q in {booted.queues!r}}}))
             """

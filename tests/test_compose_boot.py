@@ -207,7 +207,7 @@ print(json.dumps(sent))
 def test_beat_fires_and_its_task_runs(stack: Stack) -> None:
     queue = stack.client(
         f"""
-from {stack.package}.schedule import ENTRIES
+from {stack.package}.config.schedule import ENTRIES
 print(json.dumps(next(e.queue for e in ENTRIES if e.name == "refresh-eurusd")))
 """
     )
@@ -259,7 +259,7 @@ def test_compose_stop_lets_a_running_task_finish(stack: Stack) -> None:
     key = f"stop-{uuid.uuid4().hex[:8]}"
     task_id = stack.client(
         f"""
-from {stack.package}.tasks.diagnostics import record_run
+from devtools.diagnostics import record_run
 print(json.dumps(record_run.delay("{key}", {SLOW_TASK_SECONDS}).id))
 """
     )
@@ -278,8 +278,8 @@ print(json.dumps(record_run.delay("{key}", {SLOW_TASK_SECONDS}).id))
     runs = stack.client(
         f"""
 from {stack.package}.celery_app import app
-from {stack.package}.redis_store import client
-from {stack.package}.tasks.diagnostics import runs_key
+from {stack.package}.runtime.redis_store import client
+from devtools.diagnostics import runs_key
 runs = [json.loads(raw)["key"] for raw in client().lrange(runs_key(), 0, -1)]
 print(json.dumps([runs.count("{key}"), app.AsyncResult("{task_id}").state]))
 """

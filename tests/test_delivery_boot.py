@@ -94,7 +94,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             project.run(
                 sys.executable,
                 "-c",
-                f"import json; from {project.package}.tasks.diagnostics import runs_key; print(json.dumps(runs_key()))",
+                f"import json; from devtools.diagnostics import runs_key; print(json.dumps(runs_key()))",
             ).stdout
         )
         stack = Stack(project, broker, runs_key)
@@ -125,7 +125,7 @@ def test_countdown_task_leaves_a_prefetch_one_worker_free(workers: Stack) -> Non
     tag = uuid.uuid4().hex[:6]
     sent = workers.client(
         f"""
-from {workers.project.package}.tasks.diagnostics import record_run
+from devtools.diagnostics import record_run
 delayed_at = time.time()
 record_run.apply_async(args=["delayed-{tag}"], countdown={COUNTDOWN}, queue="{queue}")
 time.sleep(1)
@@ -175,7 +175,7 @@ RUN_SECONDS = 2.5  # each, under the soft limit: together they run 25 s, past th
 # every second with the project's own settings, so a visibility timeout that is too short shows within the test.
 SWEEP = """
 from {package}.celery_app import app
-from {package}.redis_store import client
+from {package}.runtime.redis_store import client
 sweeps = 0
 deadline = time.time() + {timeout}
 with app.connection_for_write() as connection:
@@ -202,7 +202,7 @@ def test_countdown_over_the_limit_is_refused_and_near_ones_due_together_run_once
     before = workers.queued(queue)
     refused = workers.client(
         f"""
-from {package}.tasks.diagnostics import record_run
+from devtools.diagnostics import record_run
 try:
     record_run.apply_async(args=["far-{tag}"], countdown=60, queue="{queue}")
     print(json.dumps("accepted"))
@@ -221,7 +221,7 @@ except Exception as exc:
     # Under a second: RabbitMQ's native delayed delivery routes by whole seconds and refused 0 (ValueError).
     workers.client(
         f"""
-from {package}.tasks.diagnostics import record_run
+from devtools.diagnostics import record_run
 record_run.apply_async(args=["subsecond-{tag}"], countdown=0.4, queue="{queue}")
 print(json.dumps(True))
 """,
@@ -233,7 +233,7 @@ print(json.dumps(True))
         far_id = workers.client(
             f"""
 from {package}.celery_app import app
-print(json.dumps(app.send_task("{package}.tasks.diagnostics.record_run", args=["far-{tag}"], countdown=600,
+print(json.dumps(app.send_task("devtools.diagnostics.record_run", args=["far-{tag}"], countdown=600,
                                queue="{queue}").id))
 """,
             env=SHORT,
@@ -246,7 +246,7 @@ print(json.dumps(app.send_task("{package}.tasks.diagnostics.record_run", args=["
 
     sent_at = workers.client(
         f"""
-from {package}.tasks.diagnostics import record_run
+from devtools.diagnostics import record_run
 for i in range({BUNCH}):
     record_run.apply_async(args=[f"near-{tag}-{{i}}", {RUN_SECONDS}], countdown=5, queue="{queue}")
 print(json.dumps(time.time()))
@@ -299,13 +299,13 @@ def drop_broker_connections(stack: Stack) -> None:
 
 
 def test_connection_drop_mid_task_leaves_no_double_side_effect(workers: Stack) -> None:
-    queue = workers.project.queues[0]  # diagnostics tasks are routed to the default queue
+    queue = workers.project.queues[0]  # diagnostics tasks have no route: the default queue
     worker = workers.worker(queue, "drop", DROP)
     worker.wait_for_log("ready.")
     key = f"once-{uuid.uuid4().hex[:6]}"
     task_id = workers.client(
         f"""
-from {workers.project.package}.tasks.diagnostics import record_once
+from devtools.diagnostics import record_once
 print(json.dumps(record_once.delay("{key}", {WORK_AFTER_EFFECT}).id))
 """,
         env=DROP,
@@ -348,8 +348,8 @@ def test_new_workers_publish_and_consume_next_to_the_old_direct_exchange(workers
         f"""
 from kombu import Exchange, Queue
 from {package}.celery_app import app
-from {package}.queues import TASK_QUEUES
-from {package}.tasks.diagnostics import record_run
+from {package}.config.queues import TASK_QUEUES
+from devtools.diagnostics import record_run
 new = next(q for q in TASK_QUEUES if q.name == "{queue}")
 old_exchange = Exchange("{queue}", type="direct")
 with app.connection_for_write() as connection:
@@ -364,7 +364,7 @@ print(json.dumps(True))
     worker.wait_for_log("ready.")
     published = workers.client(
         f"""
-from {package}.tasks.diagnostics import record_run
+from devtools.diagnostics import record_run
 try:
     record_run.apply_async(args=["new-{tag}"], queue="{queue}")
     record_run.apply_async(args=["delayed-{tag}"], countdown=2, queue="{queue}")

@@ -53,7 +53,7 @@ def test_make_dev_uses_the_redis_in_redis_url(tmp_path: Path) -> None:
         family = process_family(make.pid)
         assert "redis " not in log.read_text(), "dev started a Redis of its own although REDIS_URL is set"
         program = f"""
-from {package}.tasks.diagnostics import record_run
+from devtools.diagnostics import record_run
 for queue in {queues!r}:
     print(queue, record_run.apply_async(args=["dev-" + queue], queue=queue).get(timeout=90), flush=True)
 """

@@ -84,7 +84,7 @@ def boot_stack(work: Path, broker: str) -> Iterator[Stack]:
     with running_project(work, f"Fault {broker}", broker, workers=False) as project:
         runs_key = project.client(
             f"""
-            from {project.package}.tasks.diagnostics import runs_key
+            from devtools.diagnostics import runs_key
             print(json.dumps(runs_key()))
             """
         )
@@ -133,7 +133,7 @@ def publish(stack: Stack, calls: list[tuple[str, float]]) -> list[str]:
     """Send record_run(key, seconds) for each pair from a client process; returns the task ids."""
     return stack.project.client(
         f"""
-        from {stack.project.package}.tasks.diagnostics import record_run
+        from devtools.diagnostics import record_run
         print(json.dumps([record_run.delay(key, seconds).id for key, seconds in {calls!r}]))
         """
     )
@@ -234,7 +234,7 @@ from kombu.exceptions import OperationalError
 
 package, stop_file = sys.argv[1:3]
 app = importlib.import_module(package + ".celery_app").app
-record_run = importlib.import_module(package + ".tasks.diagnostics").record_run
+record_run = importlib.import_module("devtools.diagnostics").record_run
 print(json.dumps({"task_publish_retry": app.conf.task_publish_retry,
                   "policy": app.conf.task_publish_retry_policy}), flush=True)
 i = 0
@@ -532,7 +532,7 @@ def test_bad_messages_are_refused_recorded_and_the_worker_keeps_going(stack: Sta
         f"""
         import time
         from {pkg}.celery_app import app
-        from {pkg}.tasks.diagnostics import record_run
+        from devtools.diagnostics import record_run
         from {pkg}.tasks.orders import process_order
 
         big = "x" * 1_200_000  # over the default CELERY_MAX_PAYLOAD_BYTES (1 MiB)
@@ -589,7 +589,7 @@ def test_bad_messages_are_refused_recorded_and_the_worker_keeps_going(stack: Sta
     log = worker.log.read_text()
     assert "big-delay" not in log and "no-queue" not in log
 
-    listing = stack.project.module("deadletters", "list")
+    listing = stack.project.module("ops", "deadletters", "list")
     assert listing.returncode == 0, listing.stderr
     expected = {
         "bad_order": "InvalidPayload: invalid Order: amount",

@@ -67,7 +67,7 @@ def runs(db: redis.Redis, project: BootedProject) -> list[str]:
 def send(project: BootedProject, queue: str, keys: list[str], priority: int | None = None) -> None:
     project.client(
         f"""
-        from {project.package}.tasks.diagnostics import record_run
+        from devtools.diagnostics import record_run
         for key in {keys!r}:
             record_run.apply_async(args=[key], queue={queue!r}, priority={priority!r})
         print(json.dumps(len({keys!r})))

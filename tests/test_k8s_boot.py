@@ -248,7 +248,7 @@ def test_workers_consume_their_queues_and_probes_follow_them(cluster: Cluster) -
         )
         ran = project.client(
             f"""
-            from {package}.tasks.diagnostics import record_run
+            from devtools.diagnostics import record_run
             ran = {{}}
             for queue in {queues!r}:
                 result = record_run.apply_async(args=["k8s-{uuid.uuid4().hex[:8]}-" + queue], queue=queue)
@@ -287,7 +287,7 @@ def test_workers_consume_their_queues_and_probes_follow_them(cluster: Cluster) -
     # The booted workers consume again: a task per queue completes with the manifest workers gone.
     project.client(
         f"""
-        from {package}.tasks.diagnostics import record_run
+        from devtools.diagnostics import record_run
         print(json.dumps([record_run.apply_async(args=["after-k8s"], queue=q).get(timeout=60) for q in {queues!r}]))
         """,
         timeout=240,

@@ -74,7 +74,7 @@ class Stack:
     def publish(self, key: str, seconds: float = 0) -> None:
         self.project.client(
             f"""
-            from {self.project.package}.tasks.diagnostics import record_run
+            from devtools.diagnostics import record_run
             print(json.dumps(record_run.delay({key!r}, {seconds!r}).id))
             """
         )
@@ -84,7 +84,7 @@ def boot_stack(work: Path, broker: str) -> Iterator[Stack]:
     with running_project(work, f"Live {broker}", broker, workers=False) as project:
         runs_key = project.client(
             f"""
-            from {project.package}.tasks.diagnostics import runs_key
+            from devtools.diagnostics import runs_key
             print(json.dumps(runs_key()))
             """
         )
@@ -289,7 +289,7 @@ def test_two_beats_ride_out_a_redis_restart_then_the_standby_takes_over_once(red
     stack, project = redis_stack, redis_stack.project
     queue = project.client(
         f"""
-        from {project.package}.schedule import ENTRIES
+        from {project.package}.config.schedule import ENTRIES
         print(json.dumps(next(e.queue for e in ENTRIES if e.name == "refresh-eurusd")))
         """
     )

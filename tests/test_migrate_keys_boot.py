@@ -42,7 +42,7 @@ def test_messages_of_the_unprefixed_layout_run_after_migrate_keys(project: Boote
         f"""
         import os
         from {project.package}.celery_app import app
-        from {project.package}.tasks.diagnostics import record_run
+        from devtools.diagnostics import record_run
         app.conf.broker_transport_options = {{**app.conf.broker_transport_options, "global_keyprefix": ""}}
         for key in {OLD!r}:
             record_run.apply_async(args=[key], queue="default")

@@ -1,7 +1,7 @@
 """Boot tier, poison messages: a task whose pool process dies every time it runs (OOM kill, segfault) is tried a
 bounded number of times, then dead-lettered with the reason; the worker serves other tasks throughout.
 
-Runs on the session `booted` stack, per broker: the fault task (tasks/diagnostics.py `lose_worker`) kills only the
+Runs on the session `booted` stack, per broker: the fault task (devtools/diagnostics.py `lose_worker`) kills only the
 pool process running it; the worker's main process lives on and replaces it, as it does after a real OOM kill.
 """
 
@@ -21,8 +21,8 @@ def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(
     pkg = booted.package
     info = booted.client(
         f"""
-        from {pkg}.settings import settings
-        from {pkg}.tasks.diagnostics import runs_key
+        from {pkg}.config.settings import settings
+        from devtools.diagnostics import runs_key
         print(json.dumps({{"bound": settings.task_max_worker_lost, "runs_key": runs_key()}}))
         """
     )
@@ -37,7 +37,7 @@ def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(
     during, after = [f"during-{tag}-{i}" for i in range(10)], [f"after-{tag}-{i}" for i in range(5)]
     poison_id = booted.client(
         f"""
-        from {pkg}.tasks.diagnostics import lose_worker, record_run
+        from devtools.diagnostics import lose_worker, record_run
         poison = lose_worker.delay({poison!r})
         for key in {during!r}:  # queued behind the poison message: they must run while it crash-loops
             record_run.delay(key, 0)
@@ -47,7 +47,7 @@ def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(
     started = time.monotonic()
 
     def dead_letter() -> str:
-        listing = booted.module("deadletters", "list")
+        listing = booted.module("ops", "deadletters", "list")
         return next((line for line in listing.stdout.splitlines() if poison_id in line), "")
 
     deadline = time.monotonic() + 120
@@ -67,7 +67,7 @@ def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(
     wait_until(lambda: all(runs(key) for key in during), 60, "the tasks sent behind the poison message")
     booted.client(
         f"""
-        from {pkg}.tasks.diagnostics import record_run
+        from devtools.diagnostics import record_run
         print(json.dumps([record_run.delay(key, 0).id for key in {after!r}]))
         """
     )

@@ -247,7 +247,7 @@ def test_supervisorctl_stop_lets_the_running_task_finish(supervised: Supervised)
         [
             sys.executable,
             "-c",
-            f"from {supervised.project.package}.tasks.diagnostics import record_run as t; "
+            f"from devtools.diagnostics import record_run as t; "
             f"print(t.apply_async(args=[{key!r}, 4.0], queue={queue!r}).id)",
         ],
         cwd=supervised.project.path,

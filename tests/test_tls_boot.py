@@ -194,7 +194,7 @@ def test_worker_beat_exporter_and_health_checks_run_over_verified_tls(
     wait_until(lambda: f"[{sent['id']}] succeeded" in worker.log.read_text(), what="task succeeded on the TLS worker")
     outbox = client(
         booted,
-        f"from {booted.package}.redis_store import client, key\n"
+        f"from {booted.package}.runtime.redis_store import client, key\n"
         "print(json.dumps(client().lrange(key('outbox', 'receipts'), 0, -1)))\n",
         good,
     )
@@ -338,7 +338,7 @@ def test_results_and_the_project_redis_refuse_a_bad_certificate_while_the_broker
 
         # The project's own client and RedBeat's (health beat) refuse it as well.
         store = booted.run(
-            "python", "-c", f"from {booted.package}.redis_store import client\nclient().ping()", env=env, timeout=90
+            "python", "-c", f"from {booted.package}.runtime.redis_store import client\nclient().ping()", env=env, timeout=90
         )
         assert store.returncode != 0 and refusal.search(store.stderr), store.stderr[-3000:]
         beat = booted.module("health", "beat", env=env)

@@ -1,6 +1,6 @@
 """`make bench`: what this project's worker configuration costs, against stock Celery and cookiecutter-django's.
 
-    python -m {{ cookiecutter.__package }}.bench [--tasks N] [--rounds R] [--settings] [--quick]
+    python -m devtools.bench [--tasks N] [--rounds R] [--settings] [--quick]
         [--dead-letters N]
 
 Starts its own redis-server (free port, temporary data directory) and real `celery worker` processes, each in its own
@@ -30,7 +30,7 @@ import redis
 from . import devservers
 from .bench_apps import BIN, COUNTER, LATENCIES, Setup, Worker, plan, stop
 
-PKG = __package__
+PKG = "{{ cookiecutter.__package }}"
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -53,7 +53,7 @@ class Bench:
 
     def publish(self, setup: Setup, task: str, count: int, *options: str) -> float:
         """Publish from a fresh process with the setup's app, as a producer service would; returns seconds taken."""
-        argv = [sys.executable, "-m", f"{PKG}.bench_apps", task, str(count), *options]
+        argv = [sys.executable, "-m", f"{__package__}.bench_apps", task, str(count), *options]
         out = self.run(argv + (["--queue", setup.queue] if setup.queue else []), setup.environ(self.url))
         return float(out.stdout.split(":")[-1].strip(" }\n"))
 
@@ -139,7 +139,7 @@ class Bench:
                 events = "enabled by remote" in workers[0].log.read_text()
                 if events != (setup.flower == "true"):
                     raise RuntimeError(f"{setup.label}: task events {'on' if events else 'off'}; log in {self.work}")
-            celery_cli = [str(BIN / "celery"), "--app", f"{PKG}.bench_apps", "control"]
+            celery_cli = [str(BIN / "celery"), "--app", f"{__package__}.bench_apps", "control"]
             env = setup.environ(self.url)
             self.run([*celery_cli, "cancel_consumer", setup.queue, "-d", workers[0].node], env)
             self.publish(setup, "noop", count)
@@ -223,9 +223,9 @@ class Bench:
     def dead_letters(self, count: int) -> None:
         """Record `count` dead letters (an order payload each, as tasks/orders.py refuses them), then replay them all
         with `replay --all`'s code: time taken and Redis memory before, while holding them, and after."""
-        from . import deadletters
-        from .queues import DEFAULT_QUEUE
-        from .settings import settings
+        from {{ cookiecutter.__package }}.config.queues import DEFAULT_QUEUE
+        from {{ cookiecutter.__package }}.config.settings import settings
+        from {{ cookiecutter.__package }}.runtime import deadletters
 
         self.redis.flushall()
         # No e-mail address: one would be redacted, and a redacted entry is listed but not replayed.
@@ -260,7 +260,7 @@ def rotate(setups: list[Setup], index: int) -> list[Setup]:
 
 
 def run(bench: Bench, groups: dict[str, list[Setup]], tasks: int, rounds: int, dead_letters: int) -> None:
-    from .settings import settings
+    from {{ cookiecutter.__package }}.config.settings import settings
 
     small = max(4, tasks // 10)  # I/O tasks and latency samples per run
     for index in range(rounds):
@@ -359,7 +359,7 @@ def machine(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {PKG}.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks per throughput run (%(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are over these (%(default)s)")
     parser.add_argument("--settings", action="store_true", help="also measure single settings changed")

@@ -26,6 +26,7 @@ from celery import Celery
 COUNTER = "bench:done"
 LATENCIES = "bench:latency"
 BIN = Path(sys.executable).parent
+PROJECT = Path(__file__).resolve().parent.parent
 # bin/worker's flags: what the generated project runs.
 WORKER_FLAGS = ("--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip")
 
@@ -56,8 +57,8 @@ def _build(profile: str) -> Celery:
     """The app of the profile, with the bench tasks registered on it."""
     url, options = os.environ["BENCH_REDIS_URL"], {}
     if profile == "generated":
-        from .celery_app import app
-        from .queues import DEFAULT_QUEUE
+        from {{ cookiecutter.__package }}.celery_app import app
+        from {{ cookiecutter.__package }}.config.queues import DEFAULT_QUEUE
 
         options["queue"] = DEFAULT_QUEUE
     elif profile in ("stock", "django"):
@@ -120,6 +121,8 @@ class Setup:
         env.update(REDIS_URL=url, BENCH_REDIS_URL=url, BENCH_PROFILE=self.profile, BENCH_CONF=self.conf)
         # bin/worker runs `celery` from PATH: this interpreter's. JSON logs: the production default.
         env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", LOG_FORMAT="json", ENVIRONMENT="development")
+        # devtools is not installed (not in the wheel): its processes find it in the project directory.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH", "")]))
         return {**env, **dict(self.env)}
 
 
@@ -132,7 +135,7 @@ def _conf(**settings: object) -> str:
 
 
 # bin/flower exists only in projects generated with use_flower=y.
-FLOWER = (Path(__file__).resolve().parent.parent / "bin" / "flower").exists()
+FLOWER = (PROJECT / "bin" / "flower").exists()
 RESULTS = {"task_ignore_result": False}  # what a task with `ignore_result=False` stores (STARTED, then its result)
 EVENTS = {"worker_send_task_events": True}  # what a worker sends once Flower has enabled events
 
@@ -151,9 +154,9 @@ VARIANTS = {
 
 
 def plan(with_settings: bool) -> dict[str, list[Setup]]:
-    from .queues import DEFAULT_QUEUE as q
-    from .queues import PROFILES
-    from .settings import settings
+    from {{ cookiecutter.__package }}.config.queues import DEFAULT_QUEUE as q
+    from {{ cookiecutter.__package }}.config.queues import PROFILES
+    from {{ cookiecutter.__package }}.config.settings import settings
 
     io = next((name for name in settings.queues if PROFILES[name].prefetch_multiplier == 1), q)
     c2, threads = (*WORKER_FLAGS[:3], "2", *WORKER_FLAGS[4:]), ("--pool", "threads", "--concurrency", "8")

@@ -17,7 +17,7 @@ from . import devservers
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_DIR = PROJECT / ".run"  # data and logs of the local servers; delete it to start from scratch
 # The URLs of the servers started here, for other commands run in this directory while `make dev` runs (settings.py
-# reads it after .env): `python -m <package>.deadletters list` in a second terminal talks to this stack.
+# reads it after .env): `python -m <package>.ops deadletters list` in a second terminal talks to this stack.
 DEV_ENV = RUN_DIR / "dev.env"
 # settings.py's default queues (CELERY_QUEUES in the environment or .env replaces them, for the workers too).
 DEFAULT_QUEUES = [

@@ -8,8 +8,8 @@ import time
 from celery import Task
 from celery.utils.log import get_task_logger
 
-from .. import idempotency, redis_store
-from ..celery_app import app
+from {{ cookiecutter.__package }}.celery_app import app
+from {{ cookiecutter.__package }}.runtime import idempotency, redis_store
 
 logger = get_task_logger(__name__)
 

@@ -19,7 +19,7 @@ _servers = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from {{ cookiecutter.__package }} import devservers
+    from devtools import devservers
 
     run_dir = Path(os.environ.get("TEST_RUN_DIR", PROJECT / ".run" / f"test-{os.getpid()}"))
     redis = devservers.start_redis(run_dir / "redis", devservers.free_port())
@@ -109,7 +109,7 @@ class Worker:
 
 @pytest.fixture(scope="session")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
-    from {{ cookiecutter.__package }}.settings import settings
+    from {{ cookiecutter.__package }}.config.settings import settings
 
     tmp = tmp_path_factory.mktemp("workers")
     started = {queue: Worker(queue, tmp) for queue in settings.queues}
@@ -125,7 +125,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Work
 @pytest.fixture
 def own_worker(tmp_path: Path) -> Iterator[Worker]:
     """A worker of the test's own, for tests that stop it."""
-    from {{ cookiecutter.__package }}.settings import settings
+    from {{ cookiecutter.__package }}.config.settings import settings
 
     worker = Worker(settings.queues[0], tmp_path, name="own")
     try:
@@ -141,8 +141,10 @@ def fake_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     pytest_configure has set the environment)."""
     import fakeredis
 
-    from {{ cookiecutter.__package }} import deadletters
+    from {{ cookiecutter.__package }}.runtime import deadletters, redis_store
 
     fake = fakeredis.FakeRedis(decode_responses=True)
     monkeypatch.setattr(deadletters, "client", lambda: fake)
+    # The task base class and the signal handlers reach Redis through redis_store (the poison-message counters).
+    monkeypatch.setattr(redis_store, "client", lambda: fake)
     yield fake

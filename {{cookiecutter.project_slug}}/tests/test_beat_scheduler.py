@@ -7,7 +7,7 @@ import pytest
 from kombu.exceptions import OperationalError
 from redbeat import RedBeatScheduler
 
-from {{ cookiecutter.__package }}.beat_scheduler import Scheduler, connection_error, describe
+from {{ cookiecutter.__package }}.runtime.beat_scheduler import Scheduler, connection_error, describe
 
 
 class Due:

@@ -10,10 +10,12 @@ import fakeredis
 import pytest
 import redis
 
-from {{ cookiecutter.__package }} import deadletters
 from {{ cookiecutter.__package }}.celery_app import app
-from {{ cookiecutter.__package }}.redis_store import client as real_client
-from {{ cookiecutter.__package }}.settings import settings
+from {{ cookiecutter.__package }}.config.settings import settings
+from {{ cookiecutter.__package }}.ops import cli as ops
+from {{ cookiecutter.__package }}.runtime import deadletters, signals
+from {{ cookiecutter.__package }}.runtime.redis_store import client as real_client
+from {{ cookiecutter.__package }}.tasks import base
 from {{ cookiecutter.__package }}.tasks.orders import process_order
 
 
@@ -60,7 +62,7 @@ def test_credentials_are_redacted_and_such_an_entry_is_not_replayed(fake_redis: 
     assert entry["kwargs"] == {"api_key": "[redacted]"}
     assert "hunter2" not in fake_redis.hget(deadletters._keys()[0], entry["key"])
     with pytest.raises(ValueError, match=r"cannot be replayed: arguments redacted \(Password, api_key, token\)"):
-        deadletters.replay("id-1")
+        deadletters.replay(app, "id-1")
     assert sent == [] and deadletters.get("id-1"), "a refused replay must keep the entry"
 
 
@@ -70,14 +72,14 @@ def test_arguments_over_the_limit_are_not_kept(fake_redis: fakeredis.FakeRedis, 
     assert entry["args_preview"].startswith('[["xxx') and len(entry["args_preview"]) == deadletters.PREVIEW_CHARS
     assert "over CELERY_DEAD_LETTER_MAX_ARGS_BYTES" in entry["not_replayable"]
     with pytest.raises(ValueError, match="cannot be replayed"):
-        deadletters.replay("id-1")
+        deadletters.replay(app, "id-1")
 
 
 def test_an_entry_is_replayed_once(fake_redis: fakeredis.FakeRedis, sent) -> None:
     record("id-1", "a", b=1)
-    assert deadletters.replay("id-1") == "new-1"
+    assert deadletters.replay(app, "id-1") == "new-1"
     with pytest.raises(KeyError, match="no dead letter with id or key 'id-1'"):
-        deadletters.replay("id-1")  # a second operator, a moment later
+        deadletters.replay(app, "id-1")  # a second operator, a moment later
     assert sent == [("pkg.task", ["a"], {"b": 1})] and deadletters.count() == 0
 
 
@@ -96,7 +98,7 @@ def test_a_replay_the_broker_refuses_keeps_the_entry(fake_redis: fakeredis.FakeR
 
     monkeypatch.setattr(app, "send_task", broker_down)
     with pytest.raises(ConnectionError):
-        deadletters.replay("id-1")
+        deadletters.replay(app, "id-1")
     assert deadletters.get("id-1")["args"] == ["a"] and deadletters.count() == 1
     assert fake_redis.hlen(deadletters._replaying_keys()[0]) == 0, "the entry stayed claimed after a failed send"
 
@@ -126,15 +128,17 @@ def test_a_replay_cut_off_after_its_claim_leaves_the_entry_stranded_not_lost(mon
 
     monkeypatch.setattr(app, "send_task", send_fails_and_redis_with_it)
     with pytest.raises((ConnectionError, redis.ConnectionError)):
-        deadletters.replay("id-1")
+        deadletters.replay(app, "id-1")
     db.down = False  # Redis and the broker are back
     monkeypatch.setattr(app, "send_task", lambda name, args, kwargs, **_: sent.append(args) or SimpleNamespace(id="n"))
     now = deadletters.time.time()
     monkeypatch.setattr(deadletters.time, "time", lambda: now + deadletters.STRANDED_AFTER + 1)
-    assert deadletters.main(["list"]) == 0
+    assert ops.main(app, ["deadletters", "list"]) == 0
     assert f"{name}  pkg.task  STRANDED: a replay claimed it at" in capsys.readouterr().out, "the entry was lost"
-    assert deadletters.main(["count"]) == 0 and "1 more stranded mid-replay" in capsys.readouterr().err
-    assert deadletters.main(["replay", name]) == 0 and sent == [["a"]], "a stranded entry could not be replayed"
+    assert ops.main(app, ["deadletters", "count"]) == 0 and "1 more stranded mid-replay" in capsys.readouterr().err
+    assert ops.main(app, ["deadletters", "replay", name]) == 0 and sent == [["a"]], (
+        "a stranded entry could not be replayed"
+    )
     assert deadletters.stranded() == [] and deadletters.count() == 0
 
 
@@ -157,7 +161,7 @@ def test_two_clients_replaying_at_once_send_each_entry_once(sent) -> None:
         start.wait()
         for name in keys:
             try:
-                deadletters.replay(name)
+                deadletters.replay(app, name)
             except KeyError:
                 with lock:
                     errors.append(name)
@@ -194,7 +198,7 @@ def test_dead_letters_in_the_old_list_are_migrated_redacted_and_listed(
     assert entry["args"] == [{"order_id": "o-1", "email": "[redacted]"}]
     assert "someone@example.com" not in json.dumps(fake_redis.hgetall(deadletters._keys()[0]))
     fake_redis.rpush(deadletters._legacy_key(), json.dumps({**old, "id": "old-2"}))
-    assert deadletters.main(["list"]) == 0  # and so do the operator commands
+    assert ops.main(app, ["deadletters", "list"]) == 0  # and so do the operator commands
     assert "old-2@" in capsys.readouterr().out and not fake_redis.exists(deadletters._legacy_key())
 
 
@@ -247,10 +251,10 @@ def test_each_failure_of_one_task_id_is_kept_and_replay_by_id_sends_the_newest(
     now += 10
     second = record("settlement-b1", "second")
     assert first["key"] != second["key"] and deadletters.count() == 2, "one failure overwrote the other"
-    deadletters.replay("settlement-b1")
+    deadletters.replay(app, "settlement-b1")
     assert sent == [("pkg.task", ["second"], {})]
     assert [entry["key"] for entry in deadletters.entries()] == [first["key"]]
-    deadletters.replay(first["key"])  # an older one, by the key list prints
+    deadletters.replay(app, first["key"])  # an older one, by the key list prints
     assert sent[-1] == ("pkg.task", ["first"], {}) and deadletters.count() == 0
 
 
@@ -280,7 +284,7 @@ def test_a_task_cut_off_by_deploys_is_not_counted_as_a_poison_message(fake_redis
     state.active_requests.add(running)  # a WeakSet: `running` stays referenced for the test
     try:
         for _deploy in range(settings.task_max_worker_lost + 1):
-            deadletters.forgive_shutdown(sig="SIGTERM", how="Warm", exitcode=0)  # the worker is told to stop
+            signals.forgive_shutdown(sig="SIGTERM", how="Warm", exitcode=0)  # the worker is told to stop
             start_redelivered("long-1")  # killed past the grace period, put back, started by the next worker
     finally:
         state.active_requests.discard(running)
@@ -289,5 +293,5 @@ def test_a_task_cut_off_by_deploys_is_not_counted_as_a_poison_message(fake_redis
 def test_a_pool_process_that_dies_on_its_own_still_counts(fake_redis: fakeredis.FakeRedis) -> None:
     for _loss in range(settings.task_max_worker_lost - 1):
         start_redelivered("poison-1")
-    with pytest.raises(deadletters.WorkerLost, match=f"worker lost {settings.task_max_worker_lost} times"):
+    with pytest.raises(base.WorkerLost, match=f"worker lost {settings.task_max_worker_lost} times"):
         start_redelivered("poison-1")

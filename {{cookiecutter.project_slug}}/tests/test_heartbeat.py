@@ -10,10 +10,10 @@ import pytest
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from {{ cookiecutter.__package }} import worker_steps
 from {{ cookiecutter.__package }}.celery_app import app
-from {{ cookiecutter.__package }}.heartbeat import RUNNING, WAITING_FOR_BROKER, read_heartbeat, touch
-from {{ cookiecutter.__package }}.worker_steps import HeartbeatConsumer
+from {{ cookiecutter.__package }}.runtime import worker_steps
+from {{ cookiecutter.__package }}.runtime.heartbeat import RUNNING, WAITING_FOR_BROKER, read_heartbeat, touch
+from {{ cookiecutter.__package }}.runtime.worker_steps import HeartbeatConsumer
 
 
 def health(heartbeat, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from {{ cookiecutter.__package }} import deadletters
 from {{ cookiecutter.__package }}.celery_app import app
-from {{ cookiecutter.__package }}.redis_store import client, key
+from {{ cookiecutter.__package }}.runtime import deadletters
+from {{ cookiecutter.__package }}.runtime.redis_store import client, key
 from {{ cookiecutter.__package }}.tasks.notifications import send_receipt
 from {{ cookiecutter.__package }}.tasks.orders import process_order
 from {{ cookiecutter.__package }}.tasks.prices import fetch_price
@@ -67,7 +67,7 @@ def test_dead_letter_replay_sends_the_task_again(workers) -> None:
     with pytest.raises(Exception, match="currency"):
         result.get(timeout=TIMEOUT)
     wait_for(lambda: dead_letter(result.id))
-    new_id = deadletters.replay(result.id)
+    new_id = deadletters.replay(app, result.id)
     assert dead_letter(result.id) is None
     # Same bad payload, so it fails again and is recorded again under the new id: nothing is lost.
     assert wait_for(lambda: dead_letter(new_id))["reason"].startswith("InvalidPayload")
@@ -115,7 +115,7 @@ def test_beat_fires_an_entry_onto_its_queue(workers, tmp_path) -> None:
     import subprocess
     import sys
 
-    from {{ cookiecutter.__package }}.schedule import ENTRIES
+    from {{ cookiecutter.__package }}.config.schedule import ENTRIES
 
     entry = next(e for e in ENTRIES if e.name == "refresh-eurusd")
     log = tmp_path / "beat.log"

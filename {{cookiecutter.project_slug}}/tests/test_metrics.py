@@ -14,12 +14,13 @@ import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from {{ cookiecutter.__package }} import metrics, task_counters
+from {{ cookiecutter.__package }} import metrics
 from {{ cookiecutter.__package }}.celery_app import app
-from {{ cookiecutter.__package }}.devservers import free_port
-from {{ cookiecutter.__package }}.redis_store import client
+from {{ cookiecutter.__package }}.runtime import counters as task_counters
+from {{ cookiecutter.__package }}.runtime.redis_store import client
 from {{ cookiecutter.__package }}.tasks.orders import process_order
 from {{ cookiecutter.__package }}.tasks.prices import fetch_price
+from devtools.devservers import free_port
 
 P = metrics.PREFIX
 FETCH = fetch_price.name

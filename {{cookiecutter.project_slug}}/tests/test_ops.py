@@ -1,4 +1,4 @@
-"""The ops CLI: answers and refusals without a broker (fakes), then `ops workers` against the session's workers."""
+"""The ops command line: answers and refusals without a broker (fakes), then `ops workers` against real workers."""
 
 import subprocess
 import sys
@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.__package }} import deadletters, ops
 from {{ cookiecutter.__package }}.celery_app import app
-from {{ cookiecutter.__package }}.settings import settings
+from {{ cookiecutter.__package }}.config.settings import settings
+from {{ cookiecutter.__package }}.ops import cli as ops
+from {{ cookiecutter.__package }}.runtime import deadletters
 
 PROJECT = Path(__file__).resolve().parent.parent
 QUEUE = settings.queues[-1]
@@ -29,14 +30,14 @@ class FakeInspect:
 def offline(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """No broker: the reachability check passes, purges are recorded instead of sent."""
     purged: dict[str, list] = {"queues": []}
-    monkeypatch.setattr(ops, "_check_broker", lambda: None)
+    monkeypatch.setattr(ops, "_check_broker", lambda app: None)
     monkeypatch.setattr(ops, "queue_depths", lambda app, names=None: {name: 5 for name in names or settings.queues})
-    monkeypatch.setattr(ops, "purge", lambda app, name: purged["queues"].append(name) or 5)
+    monkeypatch.setattr(ops, "purge_queue", lambda app, name: purged["queues"].append(name) or 5)
     return purged
 
 
 def test_queues_prints_each_declared_queue_with_its_depth(offline: dict, capsys: pytest.CaptureFixture) -> None:
-    assert ops.main(["queues"]) == 0
+    assert ops.main(app, ["queues"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert rows[0] == ["queue", "ready"] and rows[1:] == [[name, "5"] for name in settings.queues]
 
@@ -45,7 +46,7 @@ def test_workers_without_replies_is_a_one_line_problem(
     offline: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setattr(app.control, "inspect", lambda **_: FakeInspect())
-    assert ops.main(["workers", "--timeout", "0.5"]) == 1
+    assert ops.main(app, ["workers", "--timeout", "0.5"]) == 1
     assert capsys.readouterr().err.startswith("error: no workers replied within 0.5s")
 
 
@@ -60,12 +61,12 @@ def test_workers_prints_a_stats_line_per_worker(
     }
     fake = FakeInspect(ping={"w1@h": {"ok": "pong"}}, stats={"w1@h": stats})
     monkeypatch.setattr(app.control, "inspect", lambda **_: fake)
-    assert ops.main(["workers"]) == 0
+    assert ops.main(app, ["workers"]) == 0
     assert capsys.readouterr().out.strip() == "w1@h  ok  pool=prefork concurrency=2 prefetch=8 processed=7 uptime=12s"
 
 
 def test_purge_refuses_an_undeclared_queue(offline: dict, capsys: pytest.CaptureFixture) -> None:
-    assert ops.main(["purge", "no-such-queue", "--yes"]) == 1
+    assert ops.main(app, ["purge", "no-such-queue", "--yes"]) == 1
     assert "'no-such-queue' is not a declared queue" in capsys.readouterr().err
     assert offline["queues"] == []
 
@@ -80,7 +81,7 @@ def test_purge_needs_the_queue_name_typed(
         return str(answer)
 
     monkeypatch.setattr("builtins.input", typed)
-    assert ops.main(["purge", QUEUE]) == 1
+    assert ops.main(app, ["purge", QUEUE]) == 1
     assert "not confirmed; nothing purged" in capsys.readouterr().err
     assert offline["queues"] == []
 
@@ -89,8 +90,8 @@ def test_purge_confirmed_reports_what_it_removed(
     offline: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setattr("builtins.input", lambda prompt: QUEUE)
-    assert ops.main(["purge", QUEUE]) == 0
-    assert ops.main(["purge", QUEUE, "--yes"]) == 0
+    assert ops.main(app, ["purge", QUEUE]) == 0
+    assert ops.main(app, ["purge", QUEUE, "--yes"]) == 0
     assert offline["queues"] == [QUEUE, QUEUE]
     assert capsys.readouterr().out.endswith(f"purged 5 message(s) from {QUEUE!r}\n")
 
@@ -102,16 +103,30 @@ def test_unreachable_broker_is_named_without_its_password(
         raise ConnectionRefusedError("Connection refused")
 
     monkeypatch.setattr(ops, "connect", refuse)
-    assert ops.main(["active"]) == 1
+    assert ops.main(app, ["active"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the broker at ") and "Connection refused" in err
 
 
-def test_deadletters_commands_are_passed_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[list[str]] = []
-    monkeypatch.setattr(deadletters, "main", lambda argv: seen.append(argv) or 0)
-    assert ops.main(["deadletters", "replay", "--all"]) == 0
-    assert seen == [["replay", "--all"]]
+def test_deadletters_subcommands_reach_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    monkeypatch.setattr(deadletters, "migrate_legacy", lambda: None)
+    monkeypatch.setattr(deadletters, "replay_all", lambda app: seen.append(app) or 0)
+    assert ops.main(app, ["deadletters", "replay", "--all"]) == 0
+    assert seen == [app]
+
+
+def test_a_usage_error_names_what_is_missing(capsys: pytest.CaptureFixture) -> None:
+    assert ops.main(app, ["deadletters", "replay"]) == 2
+    assert "replay needs a TASK_ID" in capsys.readouterr().err
+
+
+def test_ops_is_a_celery_subcommand() -> None:
+    # The celery.commands entry point (pyproject.toml): `celery --app ... ops queues` once the project is installed.
+    from importlib.metadata import entry_points
+
+    (entry,) = [ep for ep in entry_points(group="celery.commands") if ep.name == "ops"]
+    assert entry.load() is ops.ops
 
 
 @pytest.mark.integration

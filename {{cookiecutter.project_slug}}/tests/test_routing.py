@@ -4,8 +4,8 @@ import pytest
 from kombu.exceptions import OperationalError
 
 from {{ cookiecutter.__package }}.celery_app import app
-from {{ cookiecutter.__package }}.queues import PROFILES, TASK_ROUTES
-from {{ cookiecutter.__package }}.settings import settings
+from {{ cookiecutter.__package }}.config.queues import PROFILES, TASK_ROUTES
+from {{ cookiecutter.__package }}.config.settings import settings
 {%- set queues = cookiecutter.__queues.split(',') %}
 {%- set q_high = queues[1] if queues | length > 1 else queues[0] %}
 {%- set q_low = queues[2] if queues | length > 2 else q_high %}
@@ -35,9 +35,6 @@ EXPECTED_ROUTES = {
     "{{ cookiecutter.__package }}.tasks.workflows.summarize": "{{ queues[0] }}",
     "{{ cookiecutter.__package }}.tasks.workflows.settlement_failed": "{{ queues[0] }}",
     "{{ cookiecutter.__package }}.tasks.maintenance.report_dead_letters": "{{ queues[0] }}",
-    "{{ cookiecutter.__package }}.tasks.diagnostics.record_run": "{{ queues[0] }}",
-    "{{ cookiecutter.__package }}.tasks.diagnostics.lose_worker": "{{ queues[0] }}",
-    "{{ cookiecutter.__package }}.tasks.diagnostics.record_once": "{{ queues[0] }}",
     "{{ cookiecutter.__package }}.tasks.notifications.send_receipt": "{{ q_high }}",
     "{{ cookiecutter.__package }}.tasks.prices.fetch_price": "{{ q_low }}",
 }

@@ -8,8 +8,8 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab
 
-from {{ cookiecutter.__package }}.schedule import ENTRIES, Entry, beat_schedule
-from {{ cookiecutter.__package }}.settings import settings
+from {{ cookiecutter.__package }}.config.schedule import ENTRIES, Entry, beat_schedule
+from {{ cookiecutter.__package }}.config.settings import settings
 
 QUEUE = settings.queues[0]
 
@@ -42,7 +42,7 @@ def test_bad_entries_fail_with_their_name(entry: Entry, message: str) -> None:
 
 
 def test_duplicate_names_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("{{ cookiecutter.__package }}.schedule.ENTRIES", [ENTRIES[0], ENTRIES[0]])
+    monkeypatch.setattr("{{ cookiecutter.__package }}.config.schedule.ENTRIES", [ENTRIES[0], ENTRIES[0]])
     with pytest.raises(ValueError, match="declared more than once"):
         beat_schedule()
 

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from {{ cookiecutter.__package }}.settings import Settings
+from {{ cookiecutter.__package }}.config.settings import Settings
 
 # A self-signed certificate (key thrown away) that only has to parse as a CA file; no connection is made with it.
 TEST_CA_PEM = """\
@@ -268,7 +268,7 @@ def test_results_and_broker_keys_carry_the_key_prefix() -> None:
     import redis
 
     from {{ cookiecutter.__package }}.celery_app import app
-    from {{ cookiecutter.__package }}.settings import settings
+    from {{ cookiecutter.__package }}.config.settings import settings
 
     prefix = f"{settings.key_prefix}:"
     db = redis.Redis.from_url(os.environ["REDIS_URL"])

@@ -10,12 +10,12 @@ import redis
 from celery import Task
 from celery.exceptions import Retry
 
-from {{ cookiecutter.__package }} import deadletters, idempotency, redis_store
 from {{ cookiecutter.__package }}.celery_app import app
-from {{ cookiecutter.__package }}.payloads import InvalidPayload, Order, parse
-from {{ cookiecutter.__package }}.settings import settings
+from {{ cookiecutter.__package }}.config.settings import settings
+from {{ cookiecutter.__package }}.runtime import deadletters, idempotency, redis_store
 from {{ cookiecutter.__package }}.tasks import notifications, prices
 from {{ cookiecutter.__package }}.tasks.notifications import send_receipt
+from {{ cookiecutter.__package }}.tasks.payloads import InvalidPayload, Order, parse
 from {{ cookiecutter.__package }}.tasks.workflows import convert_order, settlement_failed, summarize
 
 GOOD = {"order_id": "o-1", "amount": "19.99", "currency": "EUR", "email": "a@example.com"}

@@ -6,34 +6,32 @@ import logging
 {% endif -%}
 from celery import Celery, signals
 
-from . import guards as _guards  # noqa: F401  (connects the handlers that dead-letter refused messages)
-from . import logs, task_log  # noqa: F401  (task_log connects its signal handlers)
+from . import tasks
 {% if cookiecutter.broker == "rabbitmq" -%}
-from .queues import dead_letter_queues
-{% else -%}
-from .key_migration import warning as unprefixed_keys_warning
-from .redis_transport import register as register_redis_transport
+from .config.queues import dead_letter_queues
 {% endif -%}
-from .settings import settings
-from .worker_steps import HeartbeatStep, QueuePrefetchStep
+from .config.settings import settings
+from .runtime import logs
+from .runtime import signals as _signals  # noqa: F401  (connects the handlers that dead-letter refused messages)
+from .runtime import task_log as _task_log  # noqa: F401  (connects its signal handlers)
+{% if cookiecutter.broker == "redis" -%}
+from .runtime.key_migration import warning as unprefixed_keys_warning
+from .runtime.redis_transport import register as register_redis_transport
+{% endif -%}
+from .runtime.worker_steps import HeartbeatStep, QueuePrefetchStep
+from .tasks.base import DeadLetterTask
 
 {% if cookiecutter.broker == "redis" -%}
 # Before any connection: redis:// URLs get kombu's transport plus the fix in redis_transport.py.
 register_redis_transport()
 
 {% endif -%}
-# Every task records its final failure as a dead letter (deadletters.py).
-app = Celery(__package__, task_cls=f"{__package__}.deadletters:DeadLetterTask")
-app.config_from_object(f"{__package__}.celeryconfig")
-# Task modules are listed, not autodiscovered, so a missing import fails at start rather than at first use.
-app.conf.imports = (
-    "{{ cookiecutter.__package }}.tasks.orders",
-    "{{ cookiecutter.__package }}.tasks.notifications",
-    "{{ cookiecutter.__package }}.tasks.prices",
-    "{{ cookiecutter.__package }}.tasks.workflows",
-    "{{ cookiecutter.__package }}.tasks.maintenance",
-    "{{ cookiecutter.__package }}.tasks.diagnostics",
-)
+# Every task records its final failure as a dead letter (tasks/base.py).
+app = Celery(__package__, task_cls=DeadLetterTask)
+app.config_from_object(f"{__package__}.config.celeryconfig")
+# Every module of the tasks package (a new file there is all a new task needs), plus CELERY_EXTRA_TASK_MODULES.
+# Imported when the worker or beat starts, not lazily: a module that fails to import stops it at start.
+app.conf.imports = (*tasks.modules(), *settings.extra_task_modules)
 app.steps["worker"].update({QueuePrefetchStep, HeartbeatStep})
 
 

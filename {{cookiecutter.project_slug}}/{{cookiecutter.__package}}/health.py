@@ -11,7 +11,7 @@ Exit 0 when healthy, 1 with a one-line reason otherwise. Deliberately cheap: no 
 import sys
 import time
 
-from .heartbeat import WAITING_FOR_BROKER, heartbeat_file, heartbeat_stale_after, read_heartbeat
+from .runtime.heartbeat import WAITING_FOR_BROKER, heartbeat_file, heartbeat_stale_after, read_heartbeat
 
 # A beat renews its lock at every tick, at most beat_max_loop_interval apart; this many missed renewals is unhealthy.
 BEAT_MISSED_TICKS = 3
@@ -47,7 +47,7 @@ def check_beat() -> str | None:
     """The lock's remaining TTL tells when it was last renewed: renewals reset it to redbeat_lock_timeout."""
     import redis
 
-    from .settings import settings
+    from .config.settings import settings
 
     tls = settings.redis_ssl(settings.redbeat_redis_url) or {}
     client = redis.Redis.from_url(settings.redbeat_redis_url, socket_timeout=3, **tls)
@@ -68,7 +68,7 @@ def check_broker(wait: float) -> str | None:
     """Connect to the broker, retrying for up to `wait` seconds (start scripts use it to wait for the broker)."""
     from kombu import Connection
 
-    from .settings import settings
+    from .config.settings import settings
 
     deadline = time.monotonic() + wait
     while True:

@@ -33,10 +33,11 @@ from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metri
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import logs, task_counters
-from .broker_stats import queue_depths
 from .celery_app import app as celery_app
-from .settings import settings
+from .config.settings import settings
+from .runtime import counters as task_counters
+from .runtime import logs
+from .runtime.broker_stats import queue_depths
 
 PREFIX = __package__  # the package name: metric names stay unique when several projects share a Prometheus
 logger = logging.getLogger(f"{PREFIX}.metrics")  # not __name__, which is "__main__" under `python -m`

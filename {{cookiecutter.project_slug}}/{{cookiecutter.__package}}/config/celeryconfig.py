@@ -22,7 +22,7 @@ broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 # Celery's consumer plus heartbeat touches while it waits for the broker: the liveness probe keeps a worker that is
 # reconnecting (it resumes by itself) and still restarts one whose main loop is stuck (worker_steps.py).
-worker_consumer = "{{ cookiecutter.__package }}.worker_steps:HeartbeatConsumer"
+worker_consumer = "{{ cookiecutter.__package }}.runtime.worker_steps:HeartbeatConsumer"
 {%- if cookiecutter.broker == "rabbitmq" %}
 broker_transport_options = {
     # Publisher confirms: `delay()` returns only once RabbitMQ has the message, so a broker crash loses nothing sent.
@@ -136,7 +136,7 @@ enable_utc = True
 # Beat: RedBeat keeps the schedule, each entry's last run and a lock in Redis. No schedule file on disk, and a second
 # beat started by mistake (or as a standby) waits for the lock instead of sending every task twice.
 # https://github.com/sibson/redbeat
-beat_scheduler = "{{ cookiecutter.__package }}.beat_scheduler:Scheduler"
+beat_scheduler = "{{ cookiecutter.__package }}.runtime.beat_scheduler:Scheduler"
 beat_schedule = _beat_schedule()
 redbeat_redis_url = settings.redbeat_redis_url
 # RedBeat's own TLS options (it falls back to broker_use_ssl, which for RabbitMQ holds py-amqp's, not redis-py's).

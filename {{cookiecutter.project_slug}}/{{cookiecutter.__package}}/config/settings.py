@@ -17,6 +17,9 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# stdlib only; reads WORKER_HEARTBEAT_STALE_AFTER, which the probes read without these settings.
+from ..runtime.heartbeat import heartbeat_stale_after
+
 # The value `.env.example` ships for secrets; the post-generation hook replaced it in your `.env`.
 PLACEHOLDER_SECRET = "change-me"
 QUEUE_NAME = re.compile(r"[a-z0-9_-]+")
@@ -85,12 +88,15 @@ class Settings(BaseSettings):
 {%- endfor %}
     ]
     timezone: str = "{{ cookiecutter.timezone }}"
+    # Extra task modules the worker imports beside the tasks package, comma-separated (e.g. devtools.diagnostics, the
+    # fault-drill tasks, which are not in the wheel). Empty in production: a worker runs only what the package holds.
+    extra_task_modules: Annotated[list[str], NoDecode] = []
 
     # Soft limit raises SoftTimeLimitExceeded inside the task so it can clean up; the hard limit kills the process.
     task_soft_time_limit: int = 240
     task_time_limit: int = 300
     # The longest countdown/ETA a task may be sent with: a longer one is refused when it is sent or retried
-    # (guards.py), because the broker limits below are sized from it. Schedule further ahead with beat.
+    # (tasks/base.py), because the broker limits below are sized from it. Schedule further ahead with beat.
     max_countdown: int = 3600
     # The largest prefetch multiplier any worker uses (queues.py profiles, CELERY_WORKER_PREFETCH_MULTIPLIER may not
     # exceed it): a prefetched message waits up to this many task runs in a worker's buffer, unacknowledged.
@@ -137,8 +143,8 @@ class Settings(BaseSettings):
     # Any one reply. Above kombu's BRPOP timeout (1 s, the server answers within it even with no message), so an idle
     # consumer never times out; 10 s leaves room for a slow command on a loaded Redis.
     redis_socket_timeout: float = 10.0
-    # Largest task message accepted, in bytes (guards.py): a bigger one is refused at publish time and dead-lettered by
-    # the worker. Pass large data by reference (an id, a URL): big messages slow the broker and every worker prefetch.
+    # Largest task message accepted, in bytes (tasks/base.py): a bigger one is refused at publish time and dead-lettered
+    # by the worker. Pass large data by reference (an id, a URL): big messages slow the broker and every prefetch.
     max_payload_bytes: int = 1_048_576
     # Replace a pool process that has grown past this much resident memory (KiB): the leak guard.
     worker_max_memory_per_child: int = 512_000
@@ -210,6 +216,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_queues(cls, value: object) -> object:
         return [name.strip() for name in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("extra_task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
     @field_validator("dead_letter_redact_keys", mode="before")
     @classmethod
@@ -327,8 +338,8 @@ class Settings(BaseSettings):
         # a message stays unacknowledged while it waits for its ETA, while it waits in the worker behind the other
         # tasks it holds (its prefetch and up to worker_eta_task_limit ETA tasks that fell due together), and while it
         # runs; the timeout must exceed all three (longest_unacknowledged), or the task runs twice.
-        # CELERY_MAX_COUNTDOWN is enforced at publish time (guards.py), so no countdown exceeds it. The margin covers
-        # clock differences between hosts and kombu's restore interval. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+        # CELERY_MAX_COUNTDOWN is enforced at publish time (tasks/base.py), so no countdown exceeds it. The margin
+        # covers clock differences between hosts and kombu's restore interval. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
         minimum = self.longest_unacknowledged(self.max_countdown) + self.visibility_margin
         if self.visibility_timeout is None:
             self.visibility_timeout = minimum
@@ -343,8 +354,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_redis_timeouts(self) -> "Settings":
-        from .heartbeat import heartbeat_stale_after  # stdlib only; reads WORKER_HEARTBEAT_STALE_AFTER
-
         if self.redis_socket_connect_timeout <= 0 or self.redis_socket_timeout <= REDIS_BRPOP_TIMEOUT:
             raise ValueError(
                 f"CELERY_REDIS_SOCKET_CONNECT_TIMEOUT ({self.redis_socket_connect_timeout}) must be above 0 and "

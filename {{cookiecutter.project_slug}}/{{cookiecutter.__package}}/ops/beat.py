@@ -1,23 +1,23 @@
-"""Operator commands for the beat schedule as Redis holds it (what beat actually runs, not what schedule.py says).
+"""`ops beat`: the beat schedule as Redis holds it (what beat actually runs, not what config/schedule.py says).
 
-    python -m {{ cookiecutter.__package }}.beatctl list       # name, task, schedule, queue, last/next run
-    python -m {{ cookiecutter.__package }}.beatctl run NAME   # send one entry's task now, as beat would
+    python -m {{ cookiecutter.__package }}.ops beat list       # name, task, schedule, queue, last/next run
+    python -m {{ cookiecutter.__package }}.ops beat run NAME   # send one entry's task now, as beat would
 
 Both talk to the Redis in REDBEAT_REDIS_URL / REDIS_URL; `run` publishes with the entry's own queue and expiry.
 """
 
-import argparse
 import sys
 from datetime import datetime, timedelta
+from typing import Any
 
+import click
+from celery import Celery
 from celery.schedules import crontab
 from redbeat import RedBeatSchedulerEntry
 from redbeat.schedulers import ensure_conf, get_redis
 
-from .celery_app import app
 
-
-def stored_entries() -> list[RedBeatSchedulerEntry]:
+def stored_entries(app: Celery) -> list[RedBeatSchedulerEntry]:
     conf = ensure_conf(app)
     keys = get_redis(app).zrange(conf.schedule_key, 0, -1)
     return [RedBeatSchedulerEntry.from_key(key, app=app) for key in keys]
@@ -44,36 +44,36 @@ def _when(value: datetime | None) -> str:
     return (value + timedelta(milliseconds=500)).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.beatctl")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="the schedule stored in Redis")
-    run = commands.add_parser("run", help="send an entry's task now")
-    run.add_argument("name")
-    args = parser.parse_args(argv)
+@click.group(help="the beat schedule stored in Redis: list | run NAME")
+def beat() -> None:
+    pass
 
-    entries = {entry.name: entry for entry in stored_entries()}
-    if args.command == "list":
-        if not entries:
-            print("no schedule in Redis: has beat started against this Redis?", file=sys.stderr)
-            return 1
-        print(f"{'name':<24} {'task':<36} {'schedule':<16} {'queue':<10} {'last run':<24} next run")
-        for entry in entries.values():
-            task = entry.task.split(".tasks.")[-1]
-            queue = entry.options.get("queue", "(routed)")
-            print(
-                f"{entry.name:<24} {task:<36} {describe(entry.schedule):<16} {queue:<10} "
-                f"{_when(entry.last_run_at):<24} {_when(next_run(entry))}"
-            )
-        return 0
-    entry = entries.get(args.name)
+
+@beat.command("list", help="the schedule stored in Redis")
+@click.pass_obj
+def list_entries(obj: Any) -> None:
+    entries = stored_entries(obj.app)
+    if not entries:
+        print("no schedule in Redis: has beat started against this Redis?", file=sys.stderr)
+        click.get_current_context().exit(1)
+    print(f"{'name':<24} {'task':<36} {'schedule':<16} {'queue':<10} {'last run':<24} next run")
+    for entry in entries:
+        task = entry.task.split(".tasks.")[-1]
+        queue = entry.options.get("queue", "(routed)")
+        print(
+            f"{entry.name:<24} {task:<36} {describe(entry.schedule):<16} {queue:<10} "
+            f"{_when(entry.last_run_at):<24} {_when(next_run(entry))}"
+        )
+
+
+@beat.command(help="send an entry's task now")
+@click.argument("name")
+@click.pass_obj
+def run(obj: Any, name: str) -> None:
+    entries = {entry.name: entry for entry in stored_entries(obj.app)}
+    entry = entries.get(name)
     if entry is None:
-        print(f"error: no entry {args.name!r}; known: {', '.join(entries) or 'none'}", file=sys.stderr)
-        return 1
-    result = app.send_task(entry.task, args=entry.args, kwargs=entry.kwargs, **entry.options)
+        print(f"error: no entry {name!r}; known: {', '.join(entries) or 'none'}", file=sys.stderr)
+        click.get_current_context().exit(1)
+    result = obj.app.send_task(entry.task, args=entry.args, kwargs=entry.kwargs, **entry.options)
     print(f"sent {entry.name} ({entry.task}) as {result.id}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

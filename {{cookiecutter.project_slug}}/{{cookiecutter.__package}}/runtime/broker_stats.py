@@ -1,6 +1,6 @@
 """Queue depths read from the broker: how many messages wait in each declared queue.
 
-Shared by the metrics exporter (read at every scrape) and the ops CLI (`ops queues`, `ops purge`). One passive
+Shared by the metrics exporter (read at every scrape) and the ops command line (`ops queues`, `ops purge`). One passive
 `queue_declare` per queue: it creates nothing, and both transports answer it cheaply (RabbitMQ from its queue table,
 kombu's Redis transport with one LLEN per priority list).
 
@@ -12,7 +12,7 @@ from celery import Celery
 from kombu import Connection
 {%- if cookiecutter.broker == "rabbitmq" %}
 
-from .queues import dead_letter_queues
+from ..config.queues import dead_letter_queues
 {%- endif %}
 
 
@@ -38,7 +38,7 @@ def connect(app: Celery) -> Connection:
     return connection
 
 
-def _not_found(exc: Exception) -> bool:
+def not_found(exc: Exception) -> bool:
     # py-amqp's NotFound has reply_code 404; kombu's Redis transport raises a ChannelError with reply_code "404".
     return str(getattr(exc, "reply_code", "")) == "404"
 
@@ -53,7 +53,7 @@ def queue_depths(app: Celery, names: list[str] | None = None) -> dict[str, int]:
                 try:
                     depths[name] = channel.queue_declare(queue=name, passive=True).message_count
                 except connection.channel_errors as exc:
-                    if not _not_found(exc):
+                    if not not_found(exc):
                         raise
                     # No such queue holds no messages: Redis deletes a list when its last message is taken, and
                     # RabbitMQ has no queue until a worker or a publisher declared it. A queue with messages but no
@@ -70,14 +70,3 @@ def _reopen(connection: Connection, channel: object) -> object:
     if getattr(channel, "is_open", True):
         return channel  # the Redis transport's channel stays usable
     return connection.channel()
-
-
-def purge(app: Celery, name: str) -> int:
-    """Delete the ready messages of one queue; returns how many. Unacknowledged (reserved) messages stay."""
-    with connect(app) as connection, connection.channel() as channel:
-        try:
-            return channel.queue_purge(name) or 0
-        except connection.channel_errors as exc:
-            if not _not_found(exc):
-                raise
-            return 0  # never declared on the broker: nothing to remove

@@ -1,11 +1,11 @@
 """Dead letters: tasks that failed for good (bad payload, retries exhausted, a poison message), kept with what is
 needed to replay them.
 
-Every task inherits `DeadLetterTask` (set as the app's task class), so a final failure is recorded in Redis instead of
-only in a log line that rotates away. Operators use:
+Every task inherits `DeadLetterTask` (tasks/base.py, the app's task class), so a final failure is recorded in Redis
+instead of only in a log line that rotates away. This module is the store; operators use:
 
-    python -m {{ cookiecutter.__package }}.deadletters list
-    python -m {{ cookiecutter.__package }}.deadletters replay TASK_ID   # or KEY, or --all
+    python -m {{ cookiecutter.__package }}.ops deadletters list
+    python -m {{ cookiecutter.__package }}.ops deadletters replay TASK_ID   # or KEY, or --all
 
 Storage: a hash (entry key -> entry) and a sorted set (entry key by failure time), changed together in MULTI/EXEC. The
 entry key is TASK_ID@<random suffix>: each failure its own entry, even for the same task id. Counting is ZCARD.
@@ -34,9 +34,7 @@ up on (delivered too many times), not failed task runs.
 {%- endif %}
 """
 
-import argparse
 import calendar
-import contextlib
 import json
 import logging
 import re
@@ -45,13 +43,10 @@ import time
 import uuid
 from typing import Any
 
-import redis
-from celery import signals
-from celery.worker import state as worker_state
+from celery import Celery
 
-from .guards import GuardedTask
+from ..config.settings import settings
 from .redis_store import client, key
-from .settings import settings
 
 logger = logging.getLogger(__name__)
 TRACEBACK_LINES = 8  # enough to see where it failed without storing whole stack dumps
@@ -65,9 +60,6 @@ TRACEBACK_CHARS = 2000
 STRANDED_AFTER = 300
 # Any string that looks like an e-mail address, anywhere in the arguments (positional ones too).
 EMAIL = re.compile(r"[^@\s\"<>]+@[^@\s\"<>]+\.[A-Za-z]{2,}")
-# How long a poison-message counter outlives its last increment: longer than any gap between two deliveries of one
-# message (the Redis visibility timeout after a whole worker is lost), short enough to clean up after itself.
-WORKER_LOST_TTL = max(86_400, 2 * (settings.visibility_timeout or 0))
 
 
 def _keys() -> tuple[str, str]:
@@ -323,7 +315,7 @@ def _done(entry: dict) -> None:
     pipe.execute()
 
 
-def replay(id_or_key: str, producer: Any = None) -> str:
+def replay(app: Celery, id_or_key: str, producer: Any = None) -> str:
     """Send the task again (routed as usual) and remove its dead letter. Returns the new task id.
 
     Takes an entry key (as `list` prints it) or a task id: a task id replays its newest failure; older failures of
@@ -331,8 +323,6 @@ def replay(id_or_key: str, producer: Any = None) -> str:
     then removed; if the send fails it is moved back. If Redis itself fails after the send, or the process dies
     mid-replay, the entry stays in the replaying hash: `list` shows it as stranded after STRANDED_AFTER seconds.
     """
-    from .celery_app import app  # imported here: recording a dead letter must not need the app
-
     migrate_legacy()
     names = _keys_for(id_or_key)
     name = names[-1] if names else id_or_key  # not listed: maybe a stranded replay, which _claim takes back
@@ -351,136 +341,16 @@ def replay(id_or_key: str, producer: Any = None) -> str:
     return result.id
 
 
-def replay_all(out: Any = print) -> int:
+def replay_all(app: Celery, out: Any = print) -> int:
     """Replay every entry there is now, over one producer connection. Returns how many could not be replayed."""
-    from .celery_app import app
-
     migrate_legacy()
     # A snapshot: an entry that fails again is recorded under its new task id, and is not replayed in this run.
     ids, errors = client().zrange(_keys()[1], 0, -1), 0
     with app.producer_or_acquire() as producer:
         for name in ids:
             try:
-                out(f"replayed {name} as {replay(name, producer)}")
+                out(f"replayed {name} as {replay(app, name, producer)}")
             except (KeyError, ValueError) as exc:
                 errors += 1
                 print(f"error: {exc.args[0]}", file=sys.stderr)
     return errors
-
-
-class WorkerLost(Exception):
-    """Raised instead of running a task whose pool process died CELERY_TASK_MAX_WORKER_LOST times in a row."""
-
-
-def _worker_lost_key(task_id: str, retries: int) -> str:
-    # Per retry: a retry is a new message (same task id, retries + 1) that starts its own count.
-    return key("worker-lost", task_id, str(retries))
-
-
-@signals.worker_shutting_down.connect
-def forgive_shutdown(**_: Any) -> None:
-    """A deploy is not a poison message: the tasks running when this worker is told to stop may be cut off and put
-    back (killed past the grace period), and their next start would count as a loss. Credit one in advance, so only
-    pool processes that die on their own count; a task that finishes in time just leaves a counter that expires."""
-    requests = list(worker_state.active_requests)  # the main process's view: the tasks its pool is running now
-    if not requests:
-        return
-    try:
-        pipe = client().pipeline(transaction=False)  # one round trip, bounded by the client's socket timeout
-        for request in requests:
-            counter = _worker_lost_key(request.id, request.request_dict.get("retries") or 0)
-            pipe.decr(counter)
-            pipe.expire(counter, WORKER_LOST_TTL)
-        pipe.execute()
-    except redis.RedisError as exc:  # Redis away: the tasks' next starts count as usual
-        logger.warning("could not exempt %d running task(s) from the poison-message count: %s", len(requests), exc)
-
-
-# GuardedTask (guards.py): refuses oversized payloads when publishing and in the worker.
-class DeadLetterTask(GuardedTask):
-    """Base class of every task: bounds poison messages and records a final failure. Retries in progress are not
-    failures yet."""
-
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        """The poison-message bound. A pool process that dies mid-task (OOM kill, segfault) puts the message back
-        (task_reject_on_worker_lost); a redelivered message that starts counts one loss, and once the count reaches
-        CELERY_TASK_MAX_WORKER_LOST the task fails with WorkerLost instead of running: recorded as a dead letter,
-        acknowledged (task_acks_on_failure), not redelivered. RabbitMQ's x-delivery-limit stays as the backstop.
-
-        First deliveries cost nothing (no Redis call). A message put back without being started (prefetched by a
-        worker that shut down) counts once when it next starts: the bound errs by one attempt at most. Tasks running
-        when their worker is told to stop are credited one loss in advance (forgive_shutdown): deploys do not count.
-        """
-        request = self.request
-        if not (request.delivery_info or {}).get("redelivered"):
-            return
-        counter = _worker_lost_key(task_id, request.retries or 0)
-        try:
-            pipe = client().pipeline(transaction=False)  # one round trip
-            pipe.incr(counter)
-            pipe.expire(counter, WORKER_LOST_TTL)
-            lost = pipe.execute()[0]
-        except redis.RedisError as exc:  # Redis away: run the task rather than fail it for want of a counter
-            logger.warning("poison-message counter not updated for %s[%s]: %s", self.name, task_id, exc)
-            return
-        if lost >= settings.task_max_worker_lost:
-            raise WorkerLost(
-                f"worker lost {lost} times running it (CELERY_TASK_MAX_WORKER_LOST={settings.task_max_worker_lost}): "
-                "a poison message (out of memory? a crash in native code?), not run again"
-            )
-
-    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # The run ended (any outcome): the pool process was not lost, so the count starts over.
-        if (self.request.delivery_info or {}).get("redelivered"):
-            # Redis away: the counter expires by itself (WORKER_LOST_TTL).
-            with contextlib.suppress(redis.RedisError):
-                client().delete(_worker_lost_key(task_id, self.request.retries or 0))
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        queue = (self.request.delivery_info or {}).get("routing_key", "")
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        record(task_id, self.name, args, kwargs, reason, str(getattr(einfo, "traceback", "")), queue)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.__package }}.deadletters")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="print every dead letter, oldest first")
-    commands.add_parser("count", help="print how many dead letters there are")
-    replay_cmd = commands.add_parser("replay", help="send dead-lettered tasks again")
-    # A task id replays its newest failure; a KEY (task id@suffix, as list prints) that one entry.
-    replay_cmd.add_argument("task_id", nargs="?", metavar="TASK_ID_OR_KEY")
-    replay_cmd.add_argument("--all", action="store_true")
-    args = parser.parse_args(argv)
-
-    migrate_legacy()  # after an upgrade: the old list's entries show up (and are bounded) from the first command
-    if args.command == "list":
-        for entry in entries():
-            queue = entry["queue"] or "?"
-            note = f"  [not replayable: {entry['not_replayable']}]" if entry.get("not_replayable") else ""
-            print(f"{entry['failed_at']}  {entry['key']}  {entry['task']}  queue={queue}  {entry['reason']}{note}")
-        for entry in stranded():
-            print(
-                f"{entry['failed_at']}  {entry['key']}  {entry['task']}  STRANDED: a replay claimed it at "
-                f"{entry['replaying_since']} and never finished; it may have been sent. Check, then `replay KEY`"
-            )
-        return 0
-    if args.command == "count":
-        print(count())
-        if stuck := len(stranded()):
-            print(f"{stuck} more stranded mid-replay (see list)", file=sys.stderr)
-        return 0
-    if not args.all and not args.task_id:
-        parser.error("replay needs a TASK_ID (or an entry KEY, as list prints it) or --all")
-    if args.all:
-        return 1 if replay_all() else 0
-    try:
-        print(f"replayed {args.task_id} as {replay(args.task_id)}")
-    except (KeyError, ValueError) as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,8 +33,8 @@ from typing import Any
 import redis
 from celery import Task
 
+from ..config.settings import settings
 from .redis_store import client, key
-from .settings import settings
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from functools import cache
 
 import redis
 
-from .settings import settings
+from ..config.settings import settings
 
 
 @cache

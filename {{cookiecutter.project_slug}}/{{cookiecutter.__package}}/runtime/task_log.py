@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import signals
 
-from . import task_counters
+from . import counters as task_counters
 
 logger = logging.getLogger(__name__)
 _started: dict[str, float] = {}  # task id -> monotonic start, per pool process

@@ -8,9 +8,9 @@ from celery import bootsteps
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.worker.consumer import Consumer
 
+from ..config.queues import prefetch_for
+from ..config.settings import settings
 from .heartbeat import RUNNING, WAITING_FOR_BROKER, heartbeat_interval, heartbeat_path, heartbeat_stale_after, touch
-from .queues import prefetch_for
-from .settings import settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,39 +1,36 @@
-"""Guards at the edges of a task: messages the worker refuses become dead letters, oversized payloads are stopped.
-
-A worker refuses some messages before any task code runs: a task name no module registers, a serializer outside
-`accept_content` (pickle would let anyone who can publish run code in the worker), a malformed message, a payload
-over CELERY_MAX_PAYLOAD_BYTES. Celery logs these and drops them; the signal handlers below also record each one as a
-dead letter (`python -m <package>.deadletters list`), and store a failure for its task id, so a caller waiting on
-`.get()` hears about it at once instead of at its timeout.
+"""The base class of every task (the app's task_cls, celery_app.py): guards at the edges of a task, the
+poison-message bound, and a dead letter (runtime/deadletters.py) for every final failure.
 
 The payload size is checked twice:
 
-- when publishing, in `GuardedTask.apply_async` (every task derives from it through deadletters.DeadLetterTask): the
+- when publishing, in `GuardedTask.apply_async` (every task derives from it through DeadLetterTask, below): the
   caller gets PayloadTooLarge and nothing is sent. Not in a `before_task_publish` receiver: Celery catches and logs
   whatever a signal receiver raises (celery/utils/dispatch/signal.py), so such a check could not stop the message.
 - in the worker, in `GuardedRequest`, for what bypasses `apply_async`: `send_task` by name, other producers.
 
 A countdown/ETA beyond CELERY_MAX_COUNTDOWN is refused in `GuardedTask.apply_async` and `GuardedTask.retry`
-(CountdownTooLong, nothing sent): the broker timeouts are sized from that limit (settings.py), and a task waiting
+(CountdownTooLong, nothing sent): the broker timeouts are sized from that limit (config/settings.py), and a task waiting
 longer is redelivered while it waits and runs twice. A task class whose default_retry_delay or retry_backoff_max
 exceeds it is refused when defined. The options of chain steps and callbacks are checked one level deep; what
 bypasses `apply_async` (send_task by name, other producers, nested chords) is caught in the worker instead:
-`GuardedRequest` refuses a message whose ETA is beyond the limit, and it becomes a dead letter (EtaTooFar).
-
-Imported by celery_app.py (which connects the handlers) and by deadletters.py (the task base class).
+`GuardedRequest` refuses a message whose ETA is beyond the limit, and it becomes a dead letter (EtaTooFar; the
+handlers in runtime/signals.py record what a worker refuses).
 """
 
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Task, signals
+import redis
+from celery import Task
 from celery.exceptions import InvalidTaskError
 from celery.utils.time import maybe_iso8601
 from celery.worker.request import Request
 from kombu.serialization import dumps
 
-from .settings import settings
+from ..config.settings import settings
+from ..runtime import deadletters, redis_store
 
 logger = logging.getLogger(__name__)
 
@@ -173,38 +170,62 @@ class GuardedTask(Task):
         return super().retry(*args, countdown=countdown, eta=eta, **options)
 
 
-def _dead_letter(message: Any, task_id: str, task_name: str, args: Any, kwargs: Any, reason: str) -> None:
-    from . import deadletters  # here, not at the top: deadletters imports this module for GuardedTask
-
-    queue = (message.delivery_info or {}).get("routing_key", "")
-    deadletters.record(task_id, task_name, args, kwargs, reason, queue=queue)
-    # One line naming the message; Celery's own ERROR record above it is several lines long.
-    logger.error("refused %s[%s] from queue %r: %s; recorded as a dead letter", task_name, task_id, queue, reason)
+# How long a poison-message counter outlives its last increment: longer than any gap between two deliveries of one
+# message (the Redis visibility timeout after a whole worker is lost), short enough to clean up after itself.
+WORKER_LOST_TTL = max(86_400, 2 * (settings.visibility_timeout or 0))
 
 
-@signals.task_rejected.connect
-def record_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
-    """A message refused before running: not a task message, a disallowed serializer, invalid, or too large."""
-    headers = message.headers or {}  # None when the message is not a Celery task message at all
-    task_id = headers.get("id") or f"no-id-{message.delivery_tag}"
-    exc = exc or InvalidTaskError("not a Celery task message (no 'task' header)")
-    # Arguments are not kept: they may be unreadable (pickle is not decoded here, ever) or the very problem (size).
-    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (arguments not kept)"
-    _dead_letter(message, task_id, headers.get("task", "?"), [], {}, reason)
-    if "id" in headers and sender is not None:
-        # Celery stores nothing for a rejected message: without this a caller's .get() would wait for its timeout.
-        sender.app.backend.mark_as_failure(task_id, exc)
+class WorkerLost(Exception):
+    """Raised instead of running a task whose pool process died CELERY_TASK_MAX_WORKER_LOST times in a row."""
 
 
-@signals.task_unknown.connect
-def record_unknown(sender: Any = None, message: Any = None, name: str = "?", **fields: Any) -> None:
-    """A task name no imported module registers. Celery already stored NotRegistered as the task's result."""
-    args: Any = []
-    kwargs: Any = {}
-    if len(message.body or b"") <= settings.max_payload_bytes:
-        try:  # kept so the entry can be replayed once the worker that has the task is deployed
-            args, kwargs, _embed = message.decode()
-        except Exception:  # a disallowed serializer or a protocol 1 message: record it without its arguments
-            args, kwargs = [], {}
-    reason = f"NotRegistered: no task named {name!r} on this worker (deploy the module that defines it, then replay)"
-    _dead_letter(message, fields.get("id", "?"), name, args, kwargs, reason)
+def worker_lost_key(task_id: str, retries: int) -> str:
+    # Per retry: a retry is a new message (same task id, retries + 1) that starts its own count.
+    return redis_store.key("worker-lost", task_id, str(retries))
+
+
+# GuardedTask (above): refuses oversized payloads and over-long countdowns when publishing and in the worker.
+class DeadLetterTask(GuardedTask):
+    """Base class of every task: bounds poison messages and records a final failure. Retries in progress are not
+    failures yet."""
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        """The poison-message bound. A pool process that dies mid-task (OOM kill, segfault) puts the message back
+        (task_reject_on_worker_lost); a redelivered message that starts counts one loss, and once the count reaches
+        CELERY_TASK_MAX_WORKER_LOST the task fails with WorkerLost instead of running: recorded as a dead letter,
+        acknowledged (task_acks_on_failure), not redelivered. RabbitMQ's x-delivery-limit stays as the backstop.
+
+        First deliveries cost nothing (no Redis call). A message put back without being started (prefetched by a
+        worker that shut down) counts once when it next starts: the bound errs by one attempt at most. Tasks running
+        when their worker is told to stop are credited one loss in advance (forgive_shutdown, runtime/signals.py):
+        deploys do not count.
+        """
+        request = self.request
+        if not (request.delivery_info or {}).get("redelivered"):
+            return
+        counter = worker_lost_key(task_id, request.retries or 0)
+        try:
+            pipe = redis_store.client().pipeline(transaction=False)  # one round trip
+            pipe.incr(counter)
+            pipe.expire(counter, WORKER_LOST_TTL)
+            lost = pipe.execute()[0]
+        except redis.RedisError as exc:  # Redis away: run the task rather than fail it for want of a counter
+            logger.warning("poison-message counter not updated for %s[%s]: %s", self.name, task_id, exc)
+            return
+        if lost >= settings.task_max_worker_lost:
+            raise WorkerLost(
+                f"worker lost {lost} times running it (CELERY_TASK_MAX_WORKER_LOST={settings.task_max_worker_lost}): "
+                "a poison message (out of memory? a crash in native code?), not run again"
+            )
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # The run ended (any outcome): the pool process was not lost, so the count starts over.
+        if (self.request.delivery_info or {}).get("redelivered"):
+            # Redis away: the counter expires by itself (WORKER_LOST_TTL).
+            with contextlib.suppress(redis.RedisError):
+                redis_store.client().delete(worker_lost_key(task_id, self.request.retries or 0))
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        queue = (self.request.delivery_info or {}).get("routing_key", "")
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        deadletters.record(task_id, self.name, args, kwargs, reason, str(getattr(einfo, "traceback", "")), queue)

@@ -2,8 +2,8 @@
 
 import logging
 
-from .. import deadletters
 from ..celery_app import app
+from ..runtime import deadletters
 
 logger = logging.getLogger(__name__)
 
@@ -15,5 +15,5 @@ def report_dead_letters() -> int:
     deadletters.trim()
     count = deadletters.count()  # ZCARD: O(1), never loads the entries
     if count:
-        logger.warning("%d dead letter(s) waiting: python -m %s.deadletters list", count, __package__.split(".")[0])
+        logger.warning("%d dead letter(s) waiting: python -m %s.ops deadletters list", count, __package__.split(".")[0])
     return count

@@ -2,9 +2,9 @@
 
 from celery import Task
 
-from .. import idempotency
 from ..celery_app import app
-from ..redis_store import client, key
+from ..runtime import idempotency
+from ..runtime.redis_store import client, key
 
 
 def deliver_receipt(order_id: str) -> None:

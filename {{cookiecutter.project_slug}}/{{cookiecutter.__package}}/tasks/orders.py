@@ -3,7 +3,7 @@
 from typing import Any
 
 from ..celery_app import app
-from ..payloads import Order, parse
+from .payloads import Order, parse
 
 
 # Stores its result (results are opt-in, celeryconfig.py): the web app's status endpoint returns it.

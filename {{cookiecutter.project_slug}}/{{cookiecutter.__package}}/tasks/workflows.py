@@ -13,11 +13,11 @@ from typing import Any
 from celery import chain, chord, group
 from celery.result import AsyncResult
 
-from .. import deadletters, idempotency
 from ..celery_app import app
-from ..payloads import InvalidPayload, Order, parse
-from ..settings import settings
+from ..config.settings import settings
+from ..runtime import deadletters, idempotency
 from .notifications import send_receipt
+from .payloads import InvalidPayload, Order, parse
 from .prices import fetch_price
 
 logger = logging.getLogger(__name__)

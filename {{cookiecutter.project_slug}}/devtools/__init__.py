@@ -1,0 +1,1 @@
+"""Development tooling: `make dev`, `make bench`, the fault-drill tasks. Outside the wheel and the image."""
