@@ -18,6 +18,8 @@ QUEUE_RE = re.compile(r"[a-z0-9_-]+")
 MAX_QUEUE = 32
 # Names a dependency or Celery itself already uses: `import celery` inside a package called celery shadows the library.
 TAKEN_NAMES = {"celery", "kombu", "redis", "amqp", "billiard", "vine", "pydantic", "flower", "redbeat", "tests"}
+# Directories of the generated project beside the package: a package of the same name would be shadowed by them.
+TAKEN_NAMES |= {"devtools"}
 # Celery and RabbitMQ create queues with these prefixes for events, remote control and delayed delivery.
 RESERVED_QUEUE_PREFIXES = ("celery", "amq.")
 # With the Redis broker a queue's list is "<key prefix>:<queue>", next to kombu's own keys and the project's

@@ -94,7 +94,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             project.run(
                 sys.executable,
                 "-c",
-                f"import json; from devtools.diagnostics import runs_key; print(json.dumps(runs_key()))",
+                "import json; from devtools.diagnostics import runs_key; print(json.dumps(runs_key()))",
             ).stdout
         )
         stack = Stack(project, broker, runs_key)

@@ -28,7 +28,7 @@ def test_make_dev_uses_the_redis_in_redis_url(tmp_path: Path) -> None:
     services.require("make")
     path = render(tmp_path, {"project_name": "Dev Existing"})
     answers = read_answers(path)
-    package, queues = answers["__package"], answers["queues"].split(",")
+    queues = answers["queues"].split(",")
     assert not (path / ".run").exists()  # fresh: nothing has created it yet
     install(path)
     server = services.start_redis(tmp_path / "redis")

@@ -83,7 +83,7 @@ def boot_stack(work: Path, broker: str) -> Iterator[Stack]:
     """Render, install and start the servers of a fault stack; no workers: each test starts and stops its own."""
     with running_project(work, f"Fault {broker}", broker, workers=False) as project:
         runs_key = project.client(
-            f"""
+            """
             from devtools.diagnostics import runs_key
             print(json.dumps(runs_key()))
             """

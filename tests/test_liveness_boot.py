@@ -83,7 +83,7 @@ class Stack:
 def boot_stack(work: Path, broker: str) -> Iterator[Stack]:
     with running_project(work, f"Live {broker}", broker, workers=False) as project:
         runs_key = project.client(
-            f"""
+            """
             from devtools.diagnostics import runs_key
             print(json.dumps(runs_key()))
             """

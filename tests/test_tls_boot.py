@@ -337,9 +337,8 @@ def test_results_and_the_project_redis_refuse_a_bad_certificate_while_the_broker
         assert f"[{sent['id']}] succeeded" not in worker.log.read_text()
 
         # The project's own client and RedBeat's (health beat) refuse it as well.
-        store = booted.run(
-            "python", "-c", f"from {booted.package}.runtime.redis_store import client\nclient().ping()", env=env, timeout=90
-        )
+        program = f"from {booted.package}.runtime.redis_store import client\nclient().ping()"
+        store = booted.run("python", "-c", program, env=env, timeout=90)
         assert store.returncode != 0 and refusal.search(store.stderr), store.stderr[-3000:]
         beat = booted.module("health", "beat", env=env)
         assert beat.returncode == 1 and refusal.search(beat.stderr), beat.stderr

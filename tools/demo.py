@@ -73,8 +73,8 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("REDIS_URL", "CELERY_BROKER_URL"):
         env.pop(name, None)
-    print(f"starting `python -m {pkg}.dev` (what `make dev` runs):")
-    dev = subprocess.Popen([sys.executable, "-m", f"{pkg}.dev"], cwd=project, env=env, start_new_session=True)
+    print("starting `python -m devtools.dev` (what `make dev` runs):")
+    dev = subprocess.Popen([sys.executable, "-m", "devtools.dev"], cwd=project, env=env, start_new_session=True)
     try:
         for queue in queues:
             wait_for(project / ".run" / f"worker-{queue}.log", "ready.", dev)
