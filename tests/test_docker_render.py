@@ -213,9 +213,17 @@ def test_dockerignore_keeps_secrets_state_and_caches_out(project: Path) -> None:
         ".pytest_cache/v",
         ".ruff_cache/x",
         f"{package}/__pycache__/settings.cpython-311.pyc",
+        "devtools/diagnostics.py",  # the fault-drill tasks: development only
+        "devtools/bench.py",
     ):
         assert excluded(patterns, path), f"{path} would enter the build context"
-    needed = ["pyproject.toml", "README.md", "bin/worker", f"{package}/settings.py", f"{package}/tasks/orders.py"]
+    needed = [
+        "pyproject.toml",
+        "README.md",
+        "bin/worker",
+        f"{package}/config/settings.py",
+        f"{package}/tasks/orders.py",
+    ]
     if answers(project)["use_web"] == "y":
         needed.append("gunicorn.conf.py")
     for path in needed:

@@ -20,6 +20,7 @@ from {{ cookiecutter.__package }}.runtime import counters as task_counters
 from {{ cookiecutter.__package }}.runtime.redis_store import client
 from {{ cookiecutter.__package }}.tasks.orders import process_order
 from {{ cookiecutter.__package }}.tasks.prices import fetch_price
+
 from devtools.devservers import free_port
 
 P = metrics.PREFIX

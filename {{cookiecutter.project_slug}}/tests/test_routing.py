@@ -43,8 +43,9 @@ EXPECTED_ROUTES = {
 def test_every_example_task_reaches_its_queue() -> None:
     app.loader.import_default_modules()
     ours = {name for name in app.tasks if name.startswith("{{ cookiecutter.__package }}.")}
-    assert not ours - EXPECTED_ROUTES.keys(), "a task without a pinned queue: add it to EXPECTED_ROUTES"
+    assert EXPECTED_ROUTES.keys() <= ours, "an example task is no longer registered"
     assert {name: route_of(name) for name in EXPECTED_ROUTES} == EXPECTED_ROUTES
+    # A task added since (README "Add a task") needs no line here: the test above checks its queue is declared.
 
 
 def test_every_route_in_the_table_is_pinned() -> None:

@@ -211,6 +211,7 @@ class Settings(BaseSettings):
     redbeat_lock_timeout: int = 25
     # How often the example price refresh runs (schedule.py).
     price_refresh_seconds: int = 60
+    # recipe: new settings go below this line (each reads CELERY_<NAME> from the environment or .env)
 
     @field_validator("queues", mode="before")
     @classmethod
