@@ -1,7 +1,7 @@
 """The README's "How to" recipes as a program: each `<!-- recipe-... -->` comment and the fenced block after it.
 
     <!-- recipe-edit: create PATH -->           the block is a new file's whole content
-    <!-- recipe-edit: append PATH -->           the block is appended to the file
+    <!-- recipe-edit: append PATH -->           the block is appended to the file, after a blank line (two in .py files)
     <!-- recipe-edit: after "ANCHOR" PATH -->   the block is inserted after the first line containing ANCHOR
     <!-- recipe-run -->                          the block (```sh) is a command run from the project root
 
@@ -77,7 +77,9 @@ def apply_step(project_dir: Path, step: Step) -> None:
         raise RecipeError(f"{step.kind} {step.path}: no such file in the project")
     text = path.read_text()
     if step.kind == "append":
-        path.write_text(text + ("" if text.endswith("\n") else "\n") + step.block)
+        # Separated as a reader would: PEP 8's two blank lines before top-level code, one elsewhere.
+        gap = "\n\n\n" if path.suffix == ".py" else "\n\n"
+        path.write_text(text.rstrip("\n") + gap + step.block)
         return
     lines = text.splitlines(keepends=True)
     at = next((i for i, line in enumerate(lines) if step.anchor in line), None)
