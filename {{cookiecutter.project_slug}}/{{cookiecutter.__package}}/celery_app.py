@@ -8,7 +8,7 @@ from celery import Celery, signals
 
 from . import tasks
 {% if cookiecutter.broker == "rabbitmq" -%}
-from .config.queues import dead_letter_queues
+from .config.queues import DEAD_LETTER_QUEUES
 {% endif -%}
 from .config.settings import settings
 from .runtime import logs
@@ -46,7 +46,7 @@ def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
 def declare_dead_letter_queues(sender: object, **_: object) -> None:
     """Declare the "<queue>.dead" queues RabbitMQ dead-letters into; no worker consumes them, so -Q never would."""
     with app.connection_for_write() as connection:
-        for queue in dead_letter_queues():
+        for queue in DEAD_LETTER_QUEUES:
             queue(connection.default_channel).declare()
 {%- endif %}
 {%- if cookiecutter.broker == "redis" %}

@@ -1,18 +1,19 @@
 """The queues this project declares, how each is tuned, and which tasks go where.
 
 Adding a queue: add it to CELERY_QUEUES (settings.py default and .env.example), give it a profile below, route tasks
-to it in TASK_ROUTES, and start a worker for it (`WORKER_QUEUES=name bin/worker`).
+to it in TASK_ROUTES, and start a worker for it (`WORKER_QUEUES=name bin/worker`). How a queue is declared on the
+broker (exchange type, queue arguments, dead-letter queues) is in queues_{{ cookiecutter.broker }}.py.
 """
 
 from dataclasses import dataclass
 
-from kombu import Exchange, Queue
-
+# The broker's part, chosen by file name (one of the two exists in a project).
 {% if cookiecutter.broker == "rabbitmq" -%}
-from .settings import DELIVERY_LIMIT, settings
+from .queues_rabbitmq import DEAD_LETTER_QUEUES, declare, exchange_name  # noqa: F401  (DEAD_LETTER_QUEUES: re-exported)
 {%- else -%}
-from .settings import settings
+from .queues_redis import DEAD_LETTER_QUEUES, declare, exchange_name  # noqa: F401  (DEAD_LETTER_QUEUES: re-exported)
 {%- endif %}
+from .settings import settings
 
 {%- set queues = cookiecutter.__queues.split(',') %}
 {%- set q_high = queues[1] if queues | length > 1 else queues[0] %}
@@ -53,69 +54,6 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 }
 
 
-def exchange_name(name: str) -> str:
-    """The exchange tasks for queue `name` are published to."""
-{%- if cookiecutter.broker == "rabbitmq" %}
-    return f"{name}.topic"
-{%- else %}
-    return name
-{%- endif %}
-
-
-def _declare(name: str) -> Queue:
-{%- if cookiecutter.broker == "rabbitmq" %}
-    # Quorum queues are replicated and durable; a message redelivered more than x-delivery-limit times (a poison
-    # message that keeps killing workers) is dead-lettered to "<name>.dead" instead of looping forever. The project's
-    # own bound (CELERY_TASK_MAX_WORKER_LOST, below this one) usually comes first and records the reason.
-    # A topic exchange, not direct: Celery's native delayed delivery routes a countdown/ETA task through RabbitMQ's
-    # delay queues and back to this exchange when it is due, so no worker holds it (with a prefetch of 1 a held task
-    # would block the worker) and no consumer_timeout runs against it. The routing key "<name>" has no wildcard, so it
-    # still matches this queue only. Named "<name>.topic", not "<name>": projects generated earlier declared "<name>"
-    # as a direct exchange, and RabbitMQ refuses to redeclare an exchange with another type (PRECONDITION_FAILED), so
-    # a new name lets old and new processes publish side by side during a rolling deploy; the queue stays bound to the
-    # old exchange too until it is deleted (RUNBOOK.md).
-    return Queue(
-        name,
-        Exchange(exchange_name(name), type="topic"),
-        routing_key=name,
-        queue_arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
-            "x-dead-letter-routing-key": dead_letter_queue_name(name),
-        },
-    )
-{%- else %}
-    # One direct exchange per queue keeps routing explicit and lets `celery purge -Q name` touch one queue only.
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
-{%- endif %}
-
-{%- if cookiecutter.broker == "rabbitmq" %}
-
-
-# RabbitMQ moves rejected and over-delivered messages here (native dead-lettering); nothing consumes these queues, an
-# operator inspects and replays them. Application-level dead letters (bad payloads, exhausted retries) go to Redis, see
-# deadletters.py.
-DEAD_LETTER_EXCHANGE = Exchange("dead-letters", type="direct")
-
-
-def dead_letter_queue_name(name: str) -> str:
-    return f"{name}.dead"
-
-
-def dead_letter_queues() -> list[Queue]:
-    return [
-        Queue(
-            dead_letter_queue_name(name),
-            DEAD_LETTER_EXCHANGE,
-            routing_key=dead_letter_queue_name(name),
-            queue_arguments={"x-queue-type": "quorum"},
-        )
-        for name in settings.queues
-    ]
-{%- endif %}
-
-
 def _check() -> None:
     missing_profiles = sorted(set(settings.queues) - PROFILES.keys())
     if missing_profiles:
@@ -138,5 +76,5 @@ def prefetch_for(queue_names: list[str]) -> int:
 
 
 _check()
-TASK_QUEUES = tuple(_declare(name) for name in settings.queues)
+TASK_QUEUES = tuple(declare(name) for name in settings.queues)
 DEFAULT_EXCHANGE = exchange_name(DEFAULT_QUEUE)

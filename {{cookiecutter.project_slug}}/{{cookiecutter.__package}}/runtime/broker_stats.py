@@ -10,20 +10,14 @@ for a countdown/ETA are unacknowledged (task_acks_late) and not counted; `ops re
 
 from celery import Celery
 from kombu import Connection
-{%- if cookiecutter.broker == "rabbitmq" %}
 
-from ..config.queues import dead_letter_queues
-{%- endif %}
+from ..config.queues import DEAD_LETTER_QUEUES
 
 
 def declared_queues(app: Celery) -> list[str]:
-    """The task queues in declaration order, the default first{% if cookiecutter.broker == "rabbitmq" %}, then RabbitMQ's "<queue>.dead" queues{% endif %}."""
-    names = [queue.name for queue in app.conf.task_queues]
-{%- if cookiecutter.broker == "rabbitmq" %}
-    # Messages RabbitMQ gave up on (delivered more than x-delivery-limit times): worth watching, never consumed.
-    names += [queue.name for queue in dead_letter_queues()]
-{%- endif %}
-    return names
+    """The task queues in declaration order, the default first, then the broker's dead-letter queues (RabbitMQ's
+    "<queue>.dead": messages it gave up on, worth watching, never consumed; none on Redis)."""
+    return [queue.name for queue in (*app.conf.task_queues, *DEAD_LETTER_QUEUES)]
 
 
 def connect(app: Celery) -> Connection:
