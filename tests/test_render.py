@@ -88,6 +88,18 @@ def test_start_scripts_follow_the_convention(project: Path) -> None:
         subprocess.run(["bash", "-n", str(script)], check=True)
 
 
+def test_wheel_holds_the_runtime_package_only(project: Path) -> None:
+    """pyproject's package list: the package and its rooms; devtools/ (make dev, bench, fault tasks) stays out."""
+    from setuptools import find_packages
+
+    package = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]["__package"]
+    find = tomllib.loads((project / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = set(find_packages(where=project, include=find["include"]))
+    assert {f"{package}.{room}" for room in ("config", "tasks", "runtime", "ops")} <= packages
+    assert not {name for name in packages if name.split(".")[0] != package}, packages
+    assert (project / "devtools" / "diagnostics.py").exists()
+
+
 def test_replay_file_rerenders_the_same_project(project: Path, tmp_path: Path) -> None:
     from cookiecutter.main import cookiecutter
     from template import ROOT

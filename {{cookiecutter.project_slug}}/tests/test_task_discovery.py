@@ -44,8 +44,12 @@ def test_every_example_module_is_listed_and_the_helpers_are_not() -> None:
 def test_a_new_module_in_the_tasks_package_is_picked_up(task_module: tuple[str, Path]) -> None:
     name, path = task_module
     path.write_text("from ..celery_app import app\n\n\n@app.task\ndef hello() -> str:\n    return 'hi'\n")
-    code = "from {{ cookiecutter.__package }}.celery_app import app\napp.loader.import_default_modules()\nprint(sorted(app.tasks))\n"
-    listed = run("-c", code)
+    code = [
+        "from {{ cookiecutter.__package }}.celery_app import app",
+        "app.loader.import_default_modules()",
+        "print(sorted(app.tasks))",
+    ]
+    listed = run("-c", "\n".join(code))
     assert listed.returncode == 0, listed.stderr
     assert f"{{ cookiecutter.__package }}.tasks.{name}.hello" in listed.stdout
 

@@ -1,4 +1,4 @@
-"""`python -m {{ cookiecutter.__package }}.ops SUBCOMMAND`: the ops command line without installing the project."""
+"""`python -m <package>.ops SUBCOMMAND`: the ops command line without installing the project."""
 
 import sys
 

@@ -6,7 +6,7 @@ use which). From a checkout or an image (no installation needed):
     python -m {{ cookiecutter.__package }}.ops active       # also: reserved, scheduled, registered
     python -m {{ cookiecutter.__package }}.ops purge QUEUE  # asks you to type the name; --yes skips
     python -m {{ cookiecutter.__package }}.ops deadletters list   # or: count, replay TASK_ID, replay --all
-    python -m {{ cookiecutter.__package }}.ops beat list    # the schedule Redis holds; beat run NAME sends one now
+    python -m {{ cookiecutter.__package }}.ops beat list    # the schedule in Redis; also: beat run NAME
 {%- if cookiecutter.broker == "redis" %}
     python -m {{ cookiecutter.__package }}.ops migrate-keys  # once, from the unprefixed layout
 {%- endif %}

@@ -3,8 +3,8 @@
 A worker refuses some messages before any task code runs: a task name no module registers, a serializer outside
 `accept_content` (pickle would let anyone who can publish run code in the worker), a malformed message, a payload
 over CELERY_MAX_PAYLOAD_BYTES (tasks/base.py). Celery logs these and drops them; the handlers below also record each
-one as a dead letter (`python -m {{ cookiecutter.__package }}.ops deadletters list`), and store a failure for its task
-id, so a caller waiting on `.get()` hears about it at once instead of at its timeout.
+one as a dead letter (`ops deadletters list` shows them), and store a failure for its task id, so a caller waiting on
+`.get()` hears about it at once instead of at its timeout.
 
 Also `forgive_shutdown`: a deploy does not count towards the poison-message bound (tasks/base.py). Connected by
 importing this module (celery_app.py does).
