@@ -148,6 +148,8 @@ class Cluster:
         env = {key: localize(key, value, ports, mounts) for key, value in env.items()}
         if "/tmp" in mounts:
             env["TMPDIR"] = str(mounts["/tmp"])
+        # The fault-drill tasks this module sends (devtools/, not in the image), as booted.project_env adds them.
+        env["CELERY_EXTRA_TASK_MODULES"] = "devtools.diagnostics"
         env.update(extra_env or {})
         argv = [expand(arg, env) for arg in [*container.get("command", []), *container.get("args", [])]]
         return Pod(name, container, argv, env, ports)

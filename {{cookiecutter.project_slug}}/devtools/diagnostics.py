@@ -51,7 +51,7 @@ def record_once(self: Task, key: str, seconds: float = 0.0) -> str:
     return "ran" if ran else "skipped: already ran"
 
 
-# Not retried by Celery: every run is an attempt that the poison-message bound counts (deadletters.py).
+# Not retried by Celery: every run is an attempt that the poison-message bound counts (tasks/base.py).
 @app.task(bind=True)
 def lose_worker(self, key: str) -> None:
     """Record a run like record_run, then SIGKILL the pool process running it: an OOM kill or a segfault in a C

@@ -3,7 +3,7 @@
     bin/metrics    # GET http://$METRICS_ADDRESS:$METRICS_PORT/metrics (default 127.0.0.1:9808)
 
 Everything is read when Prometheus scrapes, nothing is kept here: the task counters are the cluster-wide hash every
-worker's pool processes add to after each task (task_counters.py), the depths come from the broker. So one exporter
+worker's pool processes add to after each task (runtime/counters.py), the depths come from the broker. So one exporter
 per cluster is enough, a second one serves the same numbers, and a restart loses nothing. Workers send no task events
 for it (they cost throughput: celeryconfig.py); Flower turns them on for itself while it runs.
 

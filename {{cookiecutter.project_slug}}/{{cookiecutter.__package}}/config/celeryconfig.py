@@ -95,7 +95,7 @@ task_reject_on_worker_lost = True
 task_soft_time_limit = settings.task_soft_time_limit
 task_time_limit = settings.task_time_limit
 # Results are opt-in per task: storing STARTED and the result costs two Redis writes and publishes per task in the
-# pool process (a worker drained 0.57x as many no-op tasks; `make bench ARGS=--settings`). A task whose caller reads
+# pool process (throughput cost: README "Performance", `make bench ARGS=--settings`). A task whose caller reads
 # its result, or that is part of a chord, says `ignore_result=False` (tasks/*.py); the rest store nothing.
 task_ignore_result = True
 # For the tasks that do store results: report STARTED so callers and Flower can tell "queued" from "running".
@@ -123,8 +123,8 @@ worker_max_memory_per_child = settings.worker_max_memory_per_child
 worker_soft_shutdown_timeout = settings.worker_soft_shutdown_timeout
 # Bounds how many countdown/ETA tasks one worker keeps in memory (settings.py says why).
 worker_eta_task_limit = settings.worker_eta_task_limit
-# Task events (three messages per task, from the worker's main process) stay off: with them a worker drained 0.55x
-# as many no-op tasks (`make bench`). bin/metrics reads counters the workers keep in Redis instead (task_counters.py).
+# Task events (three messages per task, from the worker's main process) stay off: they cost the worker throughput
+# (README "Performance"). bin/metrics reads counters the workers keep in Redis instead (runtime/counters.py).
 # bin/flower does not turn them on (FLOWER_ENABLE_EVENTS, flowerconfig.py): Flower's own default broadcasts
 # `enable_events` every 5 s, and every worker would send events from then until it restarts.
 worker_send_task_events = settings.worker_send_task_events

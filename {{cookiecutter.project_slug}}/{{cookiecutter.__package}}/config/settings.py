@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     # Replace a pool process that has grown past this much resident memory (KiB): the leak guard.
     worker_max_memory_per_child: int = 512_000
     # Off (None): replacing a pool process after N tasks stalls a one-process worker for up to 5 s each time (Celery
-    # 5.7 refills the pool on a 5 s timer, celery/celery#9588; `make bench`: 272 instead of 696 tasks/s). Set it only
+    # 5.7 refills the pool on a 5 s timer, celery/celery#9588; cost measured in README "Performance"). Set it only
     # for tasks that leak something memory does not show (file handles, connections).
     worker_max_tasks_per_child: int | None = None
     # On a cold shutdown (SIGQUIT; a second SIGTERM only repeats the warm one) running tasks get this long to finish

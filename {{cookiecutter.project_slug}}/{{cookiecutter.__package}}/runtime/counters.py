@@ -1,7 +1,7 @@
 """Task outcome counters and runtimes, kept in Redis by the process that ran the task; bin/metrics serves them.
 
 Why not Celery's task events: a worker sends three event messages per task from its main process, the one that also
-takes every message off the broker, and `make bench` drains no-op tasks about 1.4x as fast without them. Here the pool
+takes every message off the broker, and that costs throughput (`make bench`, README "Performance"). Here the pool
 process adds one pipelined round trip to Redis after each task, and the counters are cluster-wide: every worker adds
 to the same hash, any number of exporters read it, and nothing is missed while an exporter restarts.
 
