@@ -104,7 +104,7 @@ def test_two_beats_send_each_tick_once_and_the_standby_takes_over(booted: Booted
 
 
 def test_restart_keeps_last_run_and_drops_removed_entries(booted: BootedProject, beats: list[Proc]) -> None:
-    schedule_py = booted.path / booted.package / "schedule.py"
+    schedule_py = booted.path / booted.package / "config" / "schedule.py"
     original = schedule_py.read_text()
     # Hourly: it has run (now, or in an earlier test) and is not due again for an hour.
     slow = {"CELERY_PRICE_REFRESH_SECONDS": "3600"}

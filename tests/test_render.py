@@ -68,7 +68,7 @@ def test_queues_answer_reaches_settings_and_env(project: Path) -> None:
     answers = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     queues = [q.strip() for q in answers["queues"].split(",")]
     assert f"CELERY_QUEUES={','.join(queues)}" in (project / ".env").read_text()
-    settings = ast.parse((project / answers["__package"] / "settings.py").read_text())
+    settings = ast.parse((project / answers["__package"] / "config" / "settings.py").read_text())
     defaults = {
         node.target.id: node.value
         for node in ast.walk(settings)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,15 @@ def test_a_usage_error_names_what_is_missing(capsys: pytest.CaptureFixture) -> N
 
 
 def test_ops_is_a_celery_subcommand() -> None:
-    # The celery.commands entry point (pyproject.toml): `celery --app ... ops queues` once the project is installed.
-    from importlib.metadata import entry_points
-
-    (entry,) = [ep for ep in entry_points(group="celery.commands") if ep.name == "ops"]
-    assert entry.load() is ops.ops
+    # The celery.commands entry point (pyproject.toml) of this project (other installed projects may add their own).
+    target = "{{ cookiecutter.__package }}.ops.cli:ops"
+    ours = [ep for ep in entry_points(group="celery.commands") if ep.value == target]
+    assert [ep.name for ep in ours] == ["ops"], "not installed? `make install` registers the entry point"
+    assert ours[0].load() is ops.ops
+    app_name = "{{ cookiecutter.__package }}.celery_app"
+    argv = [sys.executable, "-m", "celery", "--app", app_name, "ops", "--help"]
+    shown = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0 and "deadletters" in shown.stdout, shown.stderr
 
 
 @pytest.mark.integration
