@@ -60,6 +60,6 @@ def test_a_task_module_that_fails_to_import_stops_the_worker_at_start(task_modul
     # A real worker start: Celery imports app.conf.imports before it consumes anything. Were the error swallowed,
     # the worker would keep running and the timeout would fail this test.
     celery = ["-m", "celery", "--app", "{{ cookiecutter.__package }}.celery_app"]
-    worker = run(*celery, "worker", "--pool", "solo", "--loglevel", "INFO", timeout=120)
+    worker = run(*celery, "worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", timeout=120)
     assert worker.returncode != 0
     assert "No module named 'no_such_module_for_the_test'" in worker.stderr + worker.stdout
