@@ -223,6 +223,7 @@ class Bench:
     def dead_letters(self, count: int) -> None:
         """Record `count` dead letters (an order payload each, as tasks/orders.py refuses them), then replay them all
         with `replay --all`'s code: time taken and Redis memory before, while holding them, and after."""
+        from {{ cookiecutter.__package }}.celery_app import app
         from {{ cookiecutter.__package }}.config.queues import DEFAULT_QUEUE
         from {{ cookiecutter.__package }}.config.settings import settings
         from {{ cookiecutter.__package }}.runtime import deadletters
@@ -240,7 +241,7 @@ class Bench:
         memory.append(self.redis.info("memory")["used_memory"])
         self.results["dl keys"].append(sum(self.redis.memory_usage(name) or 0 for name in deadletters._keys()))
         started = time.perf_counter()
-        errors = deadletters.replay_all(out=lambda line: None)
+        errors = deadletters.replay_all(app, out=lambda line: None)
         self.results["dl replay"].append(time.perf_counter() - started)
         # The queue's list as kombu names it: "<CELERY_KEY_PREFIX>:<queue>".
         queue_key = f"{settings.global_keyprefix}{DEFAULT_QUEUE}"
