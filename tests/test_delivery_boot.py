@@ -238,8 +238,8 @@ print(json.dumps(app.send_task("devtools.diagnostics.record_run", args=["far-{ta
 """,
             env=SHORT,
         )
-        listed = f"from {package} import deadletters\nprint(json.dumps([e['reason'] for e in deadletters.entries() "
-        listed += f"if e['id'] == {far_id!r}]))"
+        listed = f"from {package}.runtime import deadletters\n"
+        listed += f"print(json.dumps([e['reason'] for e in deadletters.entries() if e['id'] == {far_id!r}]))"
         wait_until(lambda: workers.client(listed, env=SHORT), 60, "the far send_task among the dead letters")
         print(f"{workers.broker}: send_task with countdown=600 -> dead letter {workers.client(listed, env=SHORT)}")
         assert not workers.runs(f"far-{tag}")
