@@ -33,6 +33,7 @@ app.conf.imports = (
     "{{ cookiecutter.__package }}.tasks.workflows",
     "{{ cookiecutter.__package }}.tasks.maintenance",
     "{{ cookiecutter.__package }}.tasks.diagnostics",
+    # New task modules go below this line.
 )
 app.steps["worker"].update({QueuePrefetchStep, HeartbeatStep})
 

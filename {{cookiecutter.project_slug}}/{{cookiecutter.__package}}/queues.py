@@ -1,7 +1,7 @@
 """The queues this project declares, how each is tuned, and which tasks go where.
 
-Adding a queue: add it to CELERY_QUEUES (settings.py default and .env.example), give it a profile below, route tasks
-to it in TASK_ROUTES, and start a worker for it (`WORKER_QUEUES=name bin/worker`).
+Adding a queue: README.md, "Add a queue" (its name in CELERY_QUEUES, a profile and a route below, and a worker in each
+deployment file).
 """
 
 from dataclasses import dataclass
@@ -39,6 +39,7 @@ PROFILES: dict[str, QueueProfile] = {
     "{{ name }}": QueueProfile(prefetch_multiplier=1),
     {%- endif %}
 {%- endfor %}
+    # New queues' profiles go below this line (README.md, "Add a queue").
 }
 
 # Routes by task module, so a new task lands on the queue of its module without touching this table. A route to a
@@ -50,6 +51,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "{{ cookiecutter.__package }}.tasks.diagnostics.*": {"queue": "{{ queues[0] }}"},
     "{{ cookiecutter.__package }}.tasks.notifications.*": {"queue": "{{ q_high }}"},
     "{{ cookiecutter.__package }}.tasks.prices.*": {"queue": "{{ q_low }}"},
+    # New routes go below this line (README.md, "Add a queue").
 }
 
 

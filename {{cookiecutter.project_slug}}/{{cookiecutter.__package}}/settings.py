@@ -83,6 +83,7 @@ class Settings(BaseSettings):
 {%- for queue in cookiecutter.__queues.split(',') %}
         "{{ queue }}",
 {%- endfor %}
+        # New queues go below this line (README.md, "Add a queue").
     ]
     timezone: str = "{{ cookiecutter.timezone }}"
 
