@@ -119,6 +119,8 @@ def test_kubernetes_overlays_have_the_new_worker(recipe: Recipe, overlay: str) -
     deployment = manifests.get("Deployment", WORKER)
     assert deployment is not None, f"overlays/{overlay} builds no Deployment {WORKER}"
     assert manifests.worker_queues(deployment) == [QUEUE]
+    env = manifests.env(deployment["spec"]["template"]["spec"]["containers"][0])
+    assert QUEUE in env["CELERY_QUEUES"].split(","), f"app-config's CELERY_QUEUES is {env['CELERY_QUEUES']}"
     assert manifests.get("PodDisruptionBudget", WORKER) is not None, f"no PodDisruptionBudget {WORKER}"
     autoscaling = read_answers(recipe.path)["autoscaling"]
     if autoscaling == "keda":
@@ -138,6 +140,18 @@ def test_kubernetes_overlays_have_the_new_worker(recipe: Recipe, overlay: str) -
     print(f"\n{overlay}: workers {workers}; {check.count} policy checks, {keda.count} KEDA checks")
     check.assert_ok()
     keda.assert_ok()
+
+
+def test_the_package_declares_the_queue_without_an_env_file(recipe: Recipe) -> None:
+    """settings.py's own default (what runs with no .env and no CELERY_QUEUES, e.g. the project's unit tests)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
+    env.update(ENVIRONMENT="development", REDIS_URL="redis://127.0.0.1:6379/0")  # required; nothing connects here
+    program = f"from {recipe.package}.settings import Settings; print(Settings(_env_file=None).queues)"
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=recipe.path, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert QUEUE in result.stdout, f"settings.py declares {result.stdout.strip()}"
 
 
 def test_compose_runs_a_worker_for_the_new_queue(recipe: Recipe) -> None:
