@@ -145,7 +145,10 @@ def test_kubernetes_overlays_have_the_new_worker(recipe: Recipe, overlay: str) -
 def test_the_package_declares_the_queue_without_an_env_file(recipe: Recipe) -> None:
     """settings.py's own default (what runs with no .env and no CELERY_QUEUES, e.g. the project's unit tests)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
-    env.update(ENVIRONMENT="development", REDIS_URL="redis://127.0.0.1:6379/0")  # required; nothing connects here
+    # Required settings; nothing connects here.
+    env.update(ENVIRONMENT="development", REDIS_URL="redis://127.0.0.1:6379/0")
+    amqp = "amqp://guest:guest@127.0.0.1:5672//"
+    env["CELERY_BROKER_URL"] = amqp if recipe.broker == "rabbitmq" else env["REDIS_URL"]
     program = f"from {recipe.package}.settings import Settings; print(Settings(_env_file=None).queues)"
     result = subprocess.run(
         [sys.executable, "-c", program], cwd=recipe.path, env=env, capture_output=True, text=True, check=False
