@@ -42,6 +42,36 @@ def record_answers(project: Path, context: dict) -> Path:
     return path
 
 
+# A bundle holds several rendered files, each after a line "#@ file: <path relative to the bundle's directory>":
+# Jinja renders one file per template file, so files that repeat per queue are rendered into one bundle.
+BUNDLE_SUFFIX = ".bundle"
+BUNDLE_MARKER = "#@ file: "
+
+
+def split_bundles(project: Path) -> list[Path]:
+    """Write the files of every *.bundle in the project and delete the bundle; returns the files written."""
+    written = []
+    for bundle in sorted(project.rglob(f"*{BUNDLE_SUFFIX}")):
+        files: dict[Path, list[str]] = {}
+        current: list[str] | None = None
+        for line in bundle.read_text().splitlines():
+            if line.startswith(BUNDLE_MARKER):
+                target = (bundle.parent / line.removeprefix(BUNDLE_MARKER).strip()).resolve()
+                if bundle.parent.resolve() not in target.parents or target in files:
+                    raise SystemExit(f"ERROR: {bundle.name}: {line!r} names a path outside its directory or twice")
+                current = files[target] = []
+            elif current is not None:
+                current.append(line)
+            elif line.strip():
+                raise SystemExit(f"ERROR: {bundle.name}: text before the first {BUNDLE_MARKER!r} line")
+        for target, lines in files.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("\n".join(lines).strip("\n") + "\n")
+            written.append(target)
+        bundle.unlink()
+    return written
+
+
 def remove_empty_dirs(project: Path) -> list[Path]:
     """Directories whose every file had a conditional name that rendered empty (cookiecutter skips such files but
     keeps their directory). Feature files are never deleted here: they are simply not rendered."""
@@ -56,6 +86,7 @@ def remove_empty_dirs(project: Path) -> list[Path]:
 def main(project: Path, context: dict) -> int:
     write_env(project)
     record_answers(project, context)
+    split_bundles(project)
     remove_empty_dirs(project)
     return 0
 

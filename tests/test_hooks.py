@@ -140,6 +140,38 @@ def test_only_empty_directories_are_removed(tmp_path: Path) -> None:
     assert (tmp_path / "keep" / "file").exists()
 
 
+def test_bundles_are_split_into_their_files(tmp_path: Path) -> None:
+    workers = tmp_path / "deploy" / "k8s" / "base" / "workers"
+    workers.mkdir(parents=True)
+    (workers / "queues.bundle").write_text(
+        "\n#@ file: default/kustomization.yaml\n# default\nnameSuffix: -default\n"
+        "#@ file: bulk_jobs/kustomization.yaml\nnameSuffix: -bulk-jobs\n\n"
+    )
+    written = post.split_bundles(tmp_path)
+    assert sorted(p.relative_to(workers).as_posix() for p in written) == [
+        "bulk_jobs/kustomization.yaml",
+        "default/kustomization.yaml",
+    ]
+    assert (workers / "default" / "kustomization.yaml").read_text() == "# default\nnameSuffix: -default\n"
+    assert (workers / "bulk_jobs" / "kustomization.yaml").read_text() == "nameSuffix: -bulk-jobs\n"
+    assert not (workers / "queues.bundle").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("stray\n#@ file: a.yaml\nx\n", "text before the first"),
+        ("#@ file: ../a.yaml\nx\n", "outside its directory"),
+        ("#@ file: a.yaml\nx\n#@ file: a.yaml\ny\n", "or twice"),
+    ],
+)
+def test_a_bad_bundle_stops_with_its_reason(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.bundle").write_text(text)
+    with pytest.raises(SystemExit, match=message):
+        post.split_bundles(tmp_path)
+
+
 def test_answers_are_recorded_without_machine_paths(tmp_path: Path) -> None:
     context = {"project_name": "X", "__package": "x", "_template": "gh:org/t", "_output_dir": "/home/me/src"}
     recorded = json.loads(post.record_answers(tmp_path, context).read_text())

@@ -61,7 +61,7 @@ broker_transport_options = {
     "visibility_timeout": settings.visibility_timeout,
     # "<CELERY_KEY_PREFIX>:" before every key and channel kombu uses: queue lists, unacked, the _kombu.binding.* tables
     # and the broadcast channels of remote control (shutdown, revoke) and events. Without it, projects sharing a Redis
-    # database consume each other's tasks and obey each other's broadcasts. KEDA's listName carries it too (keda.yaml).
+    # database consume each other's tasks and obey each other's broadcasts. KEDA's listName carries it too (deploy/k8s).
     "global_keyprefix": settings.global_keyprefix,
     # The rule (settings.py): one connection attempt is shorter than the heartbeat stale limit. kombu's default None
     # lets a blackholed Redis hold the worker's reconnection loop in one attempt until liveness restarts it.

@@ -1,8 +1,8 @@
 """The queues this project declares, how each is tuned, and which tasks go where.
 
-Adding a queue: add it to CELERY_QUEUES (settings.py default and .env.example), give it a profile below, route tasks
-to it in TASK_ROUTES, and start a worker for it (`WORKER_QUEUES=name bin/worker`). How a queue is declared on the
-broker (exchange type, queue arguments, dead-letter queues) is in queues_{{ cookiecutter.broker }}.py.
+Adding a queue: README.md, "Add a queue" (its name in CELERY_QUEUES, a profile and a route below, and a worker in each
+deployment file). How a queue is declared on the broker (exchange type, queue arguments, dead-letter queues) is in
+queues_{{ cookiecutter.broker }}.py.
 """
 
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ PROFILES: dict[str, QueueProfile] = {
     "{{ name }}": QueueProfile(prefetch_multiplier=1),
     {%- endif %}
 {%- endfor %}
+    # New queues' profiles go below this line (README.md, "Add a queue").
 }
 
 # Routes by task module, so a new task lands on the queue of its module without touching this table. A route to a

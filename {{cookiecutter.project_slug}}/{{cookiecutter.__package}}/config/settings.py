@@ -86,6 +86,7 @@ class Settings(BaseSettings):
 {%- for queue in cookiecutter.__queues.split(',') %}
         "{{ queue }}",
 {%- endfor %}
+        # New queues go below this line (README.md, "Add a queue").
     ]
     timezone: str = "{{ cookiecutter.timezone }}"
     # Extra task modules the worker imports beside the tasks package, comma-separated (e.g. devtools.diagnostics, the
