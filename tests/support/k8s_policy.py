@@ -1,8 +1,8 @@
 """The Kubernetes manifests of a rendered project: built with kustomize, validated, and checked against our policies.
 
-Shared by tests/test_k8s.py (every variant, no cluster) and tests/test_k8s_boot.py (the manifests' processes run for
-real). Nothing here needs a cluster: `kubectl kustomize` builds offline, kubernetes-validate checks each document
-against the OpenAPI schemas it bundles, and the policy checks read the built documents.
+Shared by tests/fast/test_k8s.py (every variant, no cluster) and tests/boot/test_k8s_pods.py (the manifests'
+processes run for real). Nothing here needs a cluster: `kubectl kustomize` builds offline, kubernetes-validate checks
+each document against the OpenAPI schemas it bundles, and the policy checks read the built documents.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ These tests kill Redis, so they run on a stack of their own (rendered as "Fault 
 on the session `booted` stack. Every worker is started through the generated `bin/worker`; every task and bad message
 is published by a separate client process, as a producer service would. Each test prints the figure it measured.
 
-Not here: beat killed with SIGKILL while a standby waits is covered by tests/test_beat.py
+Not here: beat killed with SIGKILL while a standby waits is covered by tests/boot/test_beat.py
 (test_two_beats_send_each_tick_once_and_the_standby_takes_over): one beat sends each tick, the standby takes over
 within the lock timeout.
 """
@@ -517,7 +517,7 @@ def test_cold_shutdown_waits_the_soft_timeout_then_requeues_the_task(stack: Stac
     assert stack.ran(key) == 1
 
 
-# --- 5. Beat killed while a standby waits: covered by tests/test_beat.py (see the module docstring) ---------
+# --- 5. Beat killed while a standby waits: covered by tests/boot/test_beat.py (see the module docstring) ---------
 
 # --- 6. Bad input -----------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cookiecutter.main import cookiecutter
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/template.py -> the template repository
 OPTIONS = json.loads((ROOT / "cookiecutter.json").read_text())
 # Choice options are the lists; the first item is the default.
 CHOICES = {name: values for name, values in OPTIONS.items() if isinstance(values, list) and not name.startswith("_")}

@@ -23,7 +23,7 @@ from booted import BootedProject, Proc
 from services import TlsFiles, wait_until
 
 pytestmark = pytest.mark.boot
-# Beat with short timings through the environment (as tests/test_beat.py): a 1 s entry, a 1 s loop.
+# Beat with short timings through the environment (as tests/boot/test_beat.py): a 1 s entry, a 1 s loop.
 FAST_BEAT = {
     "CELERY_PRICE_REFRESH_SECONDS": "1",
     "CELERY_BEAT_MAX_LOOP_INTERVAL": "1",

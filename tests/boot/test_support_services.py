@@ -1,4 +1,4 @@
-"""Tests for tests/services.py against real redis-server and rabbitmq-server processes (no mocks)."""
+"""Tests for tests/support/services.py against real redis-server and rabbitmq-server processes (no mocks)."""
 
 from __future__ import annotations
 
