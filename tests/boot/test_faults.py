@@ -11,11 +11,9 @@ within the lock timeout.
 """
 
 import base64
-import contextlib
 import functools
 import itertools
 import json
-import os
 import re
 import signal
 import sys
@@ -122,11 +120,7 @@ def fresh(stack: Stack) -> Iterator[Stack]:
         yield stack
     finally:
         for proc in stack.project.procs[before:]:
-            proc.stop(timeout=60)
-            # A worker that crashed may have left pool processes behind in its process group.
-            for pid in services.process_family(proc.popen.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            proc.stop(timeout=60)  # also kills the pool processes a crashed worker left in its process group
 
 
 def publish(stack: Stack, calls: list[tuple[str, float]]) -> list[str]:
@@ -154,8 +148,7 @@ def messages_held(stack: Stack) -> int:
 
 def kill_group(proc: Proc) -> None:
     """SIGKILL the worker and its pool processes at once, as the OOM killer or `docker kill` would."""
-    os.killpg(proc.popen.pid, signal.SIGKILL)
-    proc.popen.wait(30)
+    services.stop_group(proc.popen, signal.SIGKILL, 30)
 
 
 # --- 1. SIGKILL with acks_late tasks in flight -------------------------------------------------------------

@@ -18,7 +18,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -29,7 +28,8 @@ from urllib.parse import urlsplit
 import pytest
 import services
 from booted import BootedProject, Proc
-from k8s_policy import PLACEHOLDER, Manifests, build, expand, read_env_file, require_kubectl, write_secret_env
+from k8s_policy import Manifests, build, expand, read_env_file, require_kubectl, write_secret_env
+from template import PLACEHOLDER
 
 pytestmark = pytest.mark.boot
 SCRIPTS = {"worker", "beat", "flower", "web", "metrics"}
@@ -75,16 +75,17 @@ class Pod:
         """Poll the probe until it passes, within the budget the kubelet gives it (delay + threshold x period)."""
         probe = self.container[kind]
         budget = probe.get("initialDelaySeconds", 0) + probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10)
-        deadline = time.monotonic() + budget
-        while True:
+        seen = ""
+
+        def passing() -> bool:
+            nonlocal seen
             passed, seen = self.probe(project, kind)
-            if passed:
-                return
-            assert self.proc is None or self.proc.popen.poll() is None, (
+            assert passed or self.proc is None or self.proc.popen.poll() is None, (
                 f"{self.name} exited {self.proc.popen.returncode}:\n{services.log_tail(self.proc.log)}"
             )
-            assert time.monotonic() < deadline, f"{self.name} {kind} not passing within {budget}s: {seen}"
-            time.sleep(1)
+            return passed
+
+        services.wait_until(passing, budget, lambda: f"{self.name} {kind} passing (last: {seen})")
 
     def wait_started(self, project: BootedProject) -> None:
         """The startupProbe passes within its budget; then readiness and liveness pass at once."""
@@ -99,10 +100,11 @@ class Pod:
     def assert_probes_fail(self, project: BootedProject) -> None:
         """After the process stopped, every probe fails (within a few seconds: a port closing, a lock released)."""
         for kind in self.probes():
-            deadline = time.monotonic() + 10
-            while (result := self.probe(project, kind))[0]:
-                assert time.monotonic() < deadline, f"{self.name} {kind} still passes after stop: {result[1]}"
-                time.sleep(0.5)
+            services.wait_until(
+                lambda kind=kind: not self.probe(project, kind)[0],
+                10,
+                lambda kind=kind: f"{self.name} {kind} failing after stop (still: {self.probe(project, kind)[1]})",
+            )
 
 
 def http_status(url: str, auth: str | None = None, timeout: float = 5) -> int:

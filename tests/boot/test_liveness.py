@@ -113,10 +113,7 @@ def fresh(stack: Stack) -> Iterator[Stack]:
         for proc in stack.project.procs[before:]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.popen.pid, signal.SIGCONT)  # a frozen worker cannot act on SIGTERM
-            proc.stop(timeout=60)
-            for pid in services.process_family(proc.popen.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            proc.stop(timeout=60)  # and whatever it left in its process group
 
 
 @pytest.fixture(params=CHOICES["broker"], ids=lambda broker: f"broker={broker}")

@@ -6,7 +6,6 @@ The incident: with REDIS_URL set, dev starts no Redis, so nothing created `.run/
 prerequisite is skipped with `-o install`), then a task on each queue must run on that queue's worker.
 """
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import services
 from booted import install, project_env, read_answers, uninstall
-from services import log_tail, process_family
+from services import log_tail, process_family, wait_until
 from template import render
 
 pytestmark = pytest.mark.boot
@@ -46,9 +45,11 @@ def test_make_dev_uses_the_redis_in_redis_url(tmp_path: Path) -> None:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 60
-        while "Running." not in log.read_text() and make.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(
+            lambda: "Running." in log.read_text() or make.poll() is not None,
+            60,
+            lambda: f"make dev (exit {make.poll()}):\n{log_tail(log)}",
+        )
         assert "Running." in log.read_text(), f"make dev (exit {make.poll()}):\n{log_tail(log)}"
         family = process_family(make.pid)
         assert "redis " not in log.read_text(), "dev started a Redis of its own although REDIS_URL is set"
@@ -78,9 +79,6 @@ for queue in {queues!r}:
         assert not (path / ".run" / "dev.env").exists()
     finally:
         if make is not None:  # whatever is left of make dev's processes, when the test failed half-way
-            for pid in process_family(make.pid) | family:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            make.wait(10)
+            services.stop_group(make, signal.SIGKILL, 10, also=family)
         server.stop()
         uninstall(answers["project_slug"])

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import redis
 from booted import BootedProject
-from services import wait_until
+from services import eventually, wait_until
 
 pytestmark = pytest.mark.boot
 
@@ -50,10 +50,7 @@ def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(
         listing = booted.module("deadletters", "list")
         return next((line for line in listing.stdout.splitlines() if poison_id in line), "")
 
-    deadline = time.monotonic() + 120
-    while not dead_letter() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not dead_letter():
+    if not eventually(dead_letter, 120):
         tried = runs(poison)
         why = (
             "it was not put back in the queue after its pool process died (task_reject_on_worker_lost off?): "

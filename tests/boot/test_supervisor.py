@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import services
 from booted import BootedProject, Proc
+from services import wait_until
 
 pytestmark = pytest.mark.boot
 
@@ -86,19 +87,18 @@ def supervised(booted: BootedProject, tmp_path_factory: pytest.TempPathFactory) 
     proc = booted.start("supervisord", [str(Path(sys.executable).parent / "supervisord"), "-n", "-c", str(conf)], env)
     sup = Supervised(booted, proc, env, conf, logs, f"http://127.0.0.1:{flower_port}", secrets["FLOWER_BASIC_AUTH"])
     try:
-        deadline = time.monotonic() + 90
-        while True:
+
+        def all_running() -> dict[str, str]:
             states = sup.status() if (run / "supervisor.sock").exists() else {}
-            if states and all(state == "RUNNING" for state in states.values()):
-                break
-            assert time.monotonic() < deadline, f"not all RUNNING: {states}\n{services.log_tail(proc.log)}"
-            time.sleep(0.5)
+            return states if states and all(state == "RUNNING" for state in states.values()) else {}
+
+        states = wait_until(all_running, 90, lambda: f"all RUNNING: {sup.status()}\n{services.log_tail(proc.log)}")
         # Workers report ready in their logs once consuming; that is "up" for a user.
         for queue in booted.queues:
-            wait_for(lambda queue=queue: "ready." in (logs / f"worker-{queue}.log").read_text(), 60)
+            wait_until(lambda queue=queue: "ready." in (logs / f"worker-{queue}.log").read_text(), 60)
         # Supervisor calls a program RUNNING after 5 s; on a loaded machine Flower and gunicorn listen later than that.
         for address in (f"127.0.0.1:{flower_port}", env["WEB_BIND"]):
-            wait_for(lambda address=address: listening(address), 90)
+            wait_until(lambda address=address: listening(address), 90)
         print(f"supervised stack up (all RUNNING, workers ready) in {time.monotonic() - began:.1f}s: {sorted(states)}")
         yield sup
     finally:
@@ -106,13 +106,6 @@ def supervised(booted: BootedProject, tmp_path_factory: pytest.TempPathFactory) 
         assert proc.popen.wait(400) == 0
         for service in reversed(started):
             service.stop()
-
-
-def wait_for(predicate, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
 
 
 def listening(address: str) -> bool:
@@ -170,7 +163,7 @@ def test_flower_with_credentials_lists_the_workers(supervised: Supervised) -> No
         assert status == 200
         return set(json.loads(body))
 
-    wait_for(lambda: {name.split("@")[0] for name in workers()} >= set(supervised.project.queues), 60)
+    wait_until(lambda: {name.split("@")[0] for name in workers()} >= set(supervised.project.queues), 60)
     for route in ("/", "/workers", "/tasks", "/broker"):
         assert request(supervised.flower + route, supervised.flower_auth)[0] == 200, route
 
@@ -200,7 +193,7 @@ def test_worker_logs_are_json_with_task_fields(supervised: Supervised) -> None:
                 return entry
         return None
 
-    wait_for(task_line)
+    wait_until(task_line)
     entry = task_line()
     assert entry["queue"] == queue and entry["duration_ms"] >= 0 and entry["task_id"]
     # Every line the worker wrote after start-up is one JSON object (the Celery banner is printed before logging).
@@ -233,7 +226,7 @@ def test_web_enqueues_a_task_and_returns_its_result(supervised: Supervised) -> N
         results.append(web_call(supervised, "GET", f"/results/{accepted['task_id']}")[1])
         return results[-1].get("state") == "SUCCESS"
 
-    wait_for(finished)
+    wait_until(finished)
     assert results[-1]["result"] and accepted["queue"] in supervised.project.queues
     status, refused = web_call(supervised, "POST", "/tasks/orders.process_order", {"order_id": "x", "amount": "-1"})
     assert status == 422, refused
@@ -256,7 +249,7 @@ def test_supervisorctl_stop_lets_the_running_task_finish(supervised: Supervised)
         text=True,
     )
     task_id = client.communicate(timeout=60)[0].strip()
-    wait_for(lambda: f"record_run {key}: running" in log.read_text(), 30)
+    wait_until(lambda: f"record_run {key}: running" in log.read_text(), 30)
     began = time.monotonic()
     stopped = supervised.ctl("stop", f"workers:worker-{queue}")
     took = time.monotonic() - began

@@ -16,7 +16,7 @@ from pathlib import Path
 import docker_env
 import pytest
 import yaml
-from template import CHOICES, SUPPORTED, case_id, render
+from template import CHOICES, PLACEHOLDER, SUPPORTED, case_id, render
 
 DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml", "compose.override.yaml")
 DOCKER_CASES = [answers for answers in SUPPORTED if answers.get("use_docker", CHOICES["use_docker"][0]) == "y"]
@@ -126,7 +126,7 @@ def test_no_secret_is_written_in_the_compose_files(project: Path) -> None:
     secrets = {value for key, value in dotenv(project).items() if SECRET_KEY.search(key) and len(value) >= 16}
     for filename in ("compose.yaml", "compose.override.yaml"):
         text = (project / filename).read_text()
-        assert "change-me" not in text
+        assert PLACEHOLDER not in text
         assert not [secret for secret in secrets if secret.split(":")[-1] in text], f"{filename} holds a secret"
         for name, service in (yaml.safe_load(text).get("services") or {}).items():
             environment = service.get("environment") or {}

@@ -1,23 +1,13 @@
 """Unit tests of the hooks, called as functions (the rendered hook runs `main` with the answers)."""
 
-import importlib.util
 import io
 import json
 import os
 import stat
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from template import ROOT
-
-
-def load_hook(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "hooks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from template import PLACEHOLDER, load_hook
 
 pre = load_hook("pre_gen_project")
 post = load_hook("post_gen_project")
@@ -73,9 +63,11 @@ def test_unsupported_combination_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_env_gets_fresh_secrets_and_keeps_the_rest(tmp_path: Path) -> None:
-    (tmp_path / ".env.example").write_text("# PASSWORD=change-me\nA=change-me\nB=keep\nC=admin:change-me\n")
+    (tmp_path / ".env.example").write_text(
+        f"# PASSWORD={PLACEHOLDER}\nA={PLACEHOLDER}\nB=keep\nC=admin:{PLACEHOLDER}\n"
+    )
     env = post.write_env(tmp_path).read_text().splitlines()
-    assert env[0] == "# PASSWORD=change-me" and env[2] == "B=keep" and env[3].startswith("C=admin:")
+    assert env[0] == f"# PASSWORD={PLACEHOLDER}" and env[2] == "B=keep" and env[3].startswith("C=admin:")
     secrets = [env[1].split("=", 1)[1], env[3].split(":", 1)[1]]
     assert post.PLACEHOLDER not in secrets and len(set(secrets)) == 2 and all(len(s) >= 32 for s in secrets)
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
@@ -106,7 +98,7 @@ def test_env_secrets_are_never_readable_by_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
 ) -> None:
     """The mode is 0600 when the secrets are written, not only afterwards (a usual umask 022 would give 0644)."""
-    (tmp_path / ".env.example").write_text("A=change-me\n")
+    (tmp_path / ".env.example").write_text(f"A={PLACEHOLDER}\n")
     if existing:  # a re-run over an .env someone made world-readable
         (tmp_path / ".env").write_text("old\n")
         (tmp_path / ".env").chmod(0o644)

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from template import LONGEST, ROOT, SUPPORTED, UNSUPPORTED, case_id, render
+from template import LONGEST, PLACEHOLDER, ROOT, SUPPORTED, UNSUPPORTED, case_id, load_hook, render
 
 # Jinja that escaped rendering. `${{ '{{' }}` in a shell or CI file would be written with {% raw %}, so any of these
 # in the output is a template bug.
@@ -58,7 +58,7 @@ def test_env_has_real_secrets_and_matches_the_example(project: Path) -> None:
     env = (project / ".env").read_text()
     example = (project / ".env.example").read_text()
     values = [line.split("=", 1)[1] for line in env.splitlines() if "=" in line and not line.startswith("#")]
-    assert "change-me" in example and not [value for value in values if "change-me" in value]
+    assert PLACEHOLDER in example and not [value for value in values if PLACEHOLDER in value]
     keys = [line.split("=", 1)[0] for line in env.splitlines() if "=" in line and not line.startswith("#")]
     assert keys == [line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")]
     assert (project / ".env").stat().st_mode & 0o077 == 0
@@ -136,8 +136,7 @@ def derived(answers: dict[str, str]) -> dict[str, str]:
 
 @pytest.mark.parametrize(("name", "slug"), TYPED_NAMES, ids=[slug for _, slug in TYPED_NAMES])
 def test_typed_names_derive_a_valid_slug_and_package(name: str, slug: str) -> None:
-    from test_hooks import pre
-
+    pre = load_hook("pre_gen_project")
     answers = derived({"project_name": name})
     print(f"\n{name!r} -> slug {answers['project_slug']!r}, package {answers['__package']!r}")
     assert (answers["project_slug"], answers["__package"]) == (slug, slug.replace("-", "_"))

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,10 +19,12 @@ from pathlib import Path
 
 import httpx
 import services
-from services import log_tail, process_family
+from services import log_tail
 from template import render
 
 VENV_BIN = str(Path(sys.executable).parent)
+# Producer programs run inside a booted project's environment (real modules, linted with the rest of tests/).
+PROGRAMS = Path(__file__).parent / "programs"
 # The start of a text-format log line (LOG_FORMAT=text): "[2026-12-02 10:41:06,123: ...".
 LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
@@ -37,16 +38,15 @@ class Proc:
     log: Path
 
     def wait_for_log(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log.read_text(errors="replace"):
-                return
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(
-            f"{self.name}: {text!r} not logged in {timeout}s (exit {self.popen.poll()}):\n{log_tail(self.log)}"
-        )
+        def logged() -> bool:
+            found = text in self.log.read_text(errors="replace")
+            assert found or self.popen.poll() is None, self.failure(f"exited before logging {text!r}")
+            return found
+
+        services.wait_until(logged, timeout, lambda: self.failure(f"{text!r} not logged"))
+
+    def failure(self, what: str) -> str:
+        return f"{self.name}: {what} (exit {self.popen.poll()}):\n{log_tail(self.log)}"
 
     def count(self, text: str) -> int:
         return self.log.read_text(errors="replace").count(text)
@@ -62,17 +62,7 @@ class Proc:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM to the group (a warm shutdown for Celery), SIGKILL after `timeout`. Returns the exit code."""
-        if self.popen.poll() is None:
-            family = process_family(self.popen.pid)
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                for pid in process_family(self.popen.pid) | family:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                self.popen.wait()
-        return self.popen.returncode
+        return services.stop_group(self.popen, signal.SIGTERM, timeout)
 
 
 @dataclass
@@ -133,6 +123,16 @@ class BootedProject:
         program = f"import json\nimport {self.package} as pkg\n" + textwrap.dedent(code)
         result = self.run(sys.executable, "-c", program, timeout=timeout)
         assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def program(self, name: str, *args: object, env: dict[str, str] | None = None, timeout: float = 60) -> object:
+        """Run tests/support/programs/<name>.py as a producer would: a fresh process with the project's environment.
+
+        Each argument is passed as JSON; the package name in PROJECT_PACKAGE. Returns its last output line as JSON.
+        """
+        argv = [sys.executable, str(PROGRAMS / f"{name}.py"), *(json.dumps(arg) for arg in args)]
+        result = self.run(*argv, env={"PROJECT_PACKAGE": self.package, **(env or {})}, timeout=timeout)
+        assert result.returncode == 0, f"program {name} exited {result.returncode}:\n{result.stderr}"
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     def module(self, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

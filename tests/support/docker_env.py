@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from services import eventually, skip_or_fail
 
 VENV_BIN = Path(sys.executable).parent
 # Images, dockerd's data root, socket and log. A fixed place, so images survive between runs on one machine.
@@ -65,14 +66,6 @@ ENV PATH=/usr/lib/rabbitmq/bin:$PATH HOME=/var/lib/rabbitmq RABBITMQ_LOGS=-
 USER rabbitmq
 CMD ["rabbitmq-server"]
 """
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip with the reason on a developer machine; in CI (CI=true) a missing capability is a failure."""
-    print(f"\n{reason}", file=sys.stderr)
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
 
 
 def tool(name: str) -> str:
@@ -169,10 +162,7 @@ class Engine:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while self._running(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self._running(pid):
+        if not eventually(lambda: not self._running(pid), 60):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self.started:

@@ -11,7 +11,6 @@ import base64
 import functools
 import ipaddress
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,11 +18,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 import yaml
+from services import skip_or_fail
+from template import PLACEHOLDER
 
 OVERLAYS = ("staging", "production")
-PLACEHOLDER = "change-me"
 KEDA_GROUP = "keda.sh"
 # Key words of Secret keys that hold a credential: their values must be empty or the placeholder in committed files.
 CREDENTIAL_WORDS = ("PASSWORD", "PASS", "SECRET", "TOKEN", "AUTH", "KEY", "COOKIE")
@@ -50,11 +49,7 @@ def require_kubectl() -> str:
     path = shutil.which("kubectl")
     if path:
         return path
-    reason = "kubectl not found on PATH: the manifests cannot be built (kubectl 1.27+ bundles kustomize v5)"
-    print(reason)
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail("kubectl not found on PATH: the manifests cannot be built (kubectl 1.27+ bundles kustomize v5)")
 
 
 def read_env_file(path: Path) -> dict[str, str]:

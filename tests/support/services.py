@@ -23,11 +23,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import pytest
@@ -67,8 +68,15 @@ def require(binary: str) -> str:
     if path:
         return path
     package = APT_PACKAGES.get(binary, binary)
-    reason = f"{binary} not found on PATH; install it with: apt-get install -y {package}"
-    # In CI a missing broker means the CI script is broken: that must be red, never a silent skip.
+    skip_or_fail(f"{binary} not found on PATH; install it with: apt-get install -y {package}")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test with the reason on a developer machine; fail it when CI=true (as .ci/run sets).
+
+    In CI a missing server or tool means the CI setup is broken: that must be red, never a silent skip.
+    """
+    print(f"\n{reason}", file=sys.stderr)
     if os.environ.get("CI") == "true":
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
@@ -130,12 +138,8 @@ def _alive(pid: int) -> bool:
 
 def _wait_gone(pids: set[int], timeout: float) -> set[int]:
     """Wait until none of ``pids`` is alive; return those still alive after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    left = {pid for pid in pids if _alive(pid)}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = {pid for pid in left if _alive(pid)}
-    return left
+    eventually(lambda: not any(_alive(pid) for pid in pids), timeout)
+    return {pid for pid in pids if _alive(pid)}
 
 
 def listening_pids(port: int) -> dict[int, str]:
@@ -178,6 +182,26 @@ def _describe(pids: set[int]) -> str:
             state, cmdline = "gone", ""
         parts.append(f"{pid} ({state}) {cmdline.strip()[:80]}")
     return "; ".join(parts) or "none"
+
+
+def stop_group(
+    popen: subprocess.Popen, sig: signal.Signals = signal.SIGTERM, timeout: float = 60, also: set[int] = frozenset()
+) -> int:
+    """Stop a process started with start_new_session=True: `sig` to its process group, then up to `timeout` seconds
+    for it to exit, then SIGKILL to whatever is left of the group and its descendants (and of `also`, processes seen
+    earlier that may have left the group). Returns the leader's exit code.
+
+    What is left after a clean exit is killed too: pool processes of a crashed worker, helpers that called setsid().
+    """
+    family = process_family(popen.pid) | set(also)
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout)
+    _signal_pids({pid for pid in process_family(popen.pid) | family if _alive(pid)}, signal.SIGKILL)
+    popen.wait()
+    return popen.returncode
 
 
 def _signal_pids(pids: set[int], sig: signal.Signals) -> None:

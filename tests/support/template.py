@@ -3,14 +3,28 @@
 The test matrix is derived from cookiecutter.json: a new choice gets render, lint and parse tests for free.
 """
 
+import importlib.util
 import itertools
 import json
 import zoneinfo
 from pathlib import Path
+from types import ModuleType
 
 from cookiecutter.main import cookiecutter
 
 ROOT = Path(__file__).resolve().parents[2]  # tests/support/template.py -> the template repository
+
+
+def load_hook(name: str) -> ModuleType:
+    """hooks/<name>.py as a module, so tests call its functions and read its constants."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# What .env.example holds where a secret goes; the post-generation hook replaces each with a fresh one.
+PLACEHOLDER = load_hook("post_gen_project").PLACEHOLDER
 OPTIONS = json.loads((ROOT / "cookiecutter.json").read_text())
 # Choice options are the lists; the first item is the default.
 CHOICES = {name: values for name, values in OPTIONS.items() if isinstance(values, list) and not name.startswith("_")}
