@@ -42,22 +42,12 @@ def price_runs(booted: BootedProject, queue: str) -> int:
 
 
 def price_queue(booted: BootedProject) -> str:
-    return booted.client(
-        f"""
-        from {booted.package}.schedule import ENTRIES
-        print(json.dumps(next(e.queue for e in ENTRIES if e.name == "refresh-eurusd")))
-        """
-    )
+    return booted.program("schedule_queue", "refresh-eurusd")
 
 
 def stored(booted: BootedProject) -> dict[str, str | None]:
     """Entry name -> last run, as Redis holds them (read through the project's beatctl module)."""
-    return booted.client(
-        f"""
-        from {booted.package}.beatctl import stored_entries
-        print(json.dumps({{e.name: e.last_run_at and e.last_run_at.isoformat() for e in stored_entries()}}))
-        """
-    )
+    return booted.program("beat_stored")
 
 
 def test_beat_fires_soon_after_start_onto_the_routed_queue(booted: BootedProject, beats: list[Proc]) -> None:

@@ -80,12 +80,7 @@ class Stack:
 def boot_stack(work: Path, broker: str) -> Iterator[Stack]:
     """Render, install and start the servers of a fault stack; no workers: each test starts and stops its own."""
     with running_project(work, f"Fault {broker}", broker, workers=False) as project:
-        runs_key = project.client(
-            f"""
-            from {project.package}.tasks.diagnostics import runs_key
-            print(json.dumps(runs_key()))
-            """
-        )
+        runs_key = project.program("runs_key")
         yield Stack(project, project.service("redis"), runs_key)
 
 
@@ -125,12 +120,7 @@ def fresh(stack: Stack) -> Iterator[Stack]:
 
 def publish(stack: Stack, calls: list[tuple[str, float]]) -> list[str]:
     """Send record_run(key, seconds) for each pair from a client process; returns the task ids."""
-    return stack.project.client(
-        f"""
-        from {stack.project.package}.tasks.diagnostics import record_run
-        print(json.dumps([record_run.delay(key, seconds).id for key, seconds in {calls!r}]))
-        """
-    )
+    return stack.project.program("record_runs", [{"key": key, "seconds": seconds} for key, seconds in calls])
 
 
 def messages_held(stack: Stack) -> int:
@@ -520,48 +510,7 @@ def test_cold_shutdown_waits_the_soft_timeout_then_requeues_the_task(stack: Stac
 def test_bad_messages_are_refused_recorded_and_the_worker_keeps_going(stack: Stack) -> None:
     worker = stack.worker("gatekeeper")
     worker.wait_for_log("ready.")
-    pkg = stack.project.package
-    outcome = stack.project.client(
-        f"""
-        import time
-        from {pkg}.celery_app import app
-        from {pkg}.tasks.diagnostics import record_run
-        from {pkg}.tasks.orders import process_order
-
-        big = "x" * 1_200_000  # over the default CELERY_MAX_PAYLOAD_BYTES (1 MiB)
-
-        def refusal(result):
-            try:
-                result.get(timeout=30)
-            except Exception as exc:
-                return type(exc).__name__
-            return "ran"
-
-        sent, raised = {{}}, {{}}
-        bad_order = process_order.delay({{"order_id": "o-1", "amount": "-5", "currency": "EUR", "email": "a@b.io"}})
-        unknown = app.send_task("no.such.task", args=["x"])
-        # The producer may serialize with pickle; the worker accepts JSON only.
-        pickled = app.send_task(record_run.name, args=["pickled", 0], serializer="pickle")
-        # By name, so the publish-time size check in apply_async is bypassed: the worker has to refuse it.
-        oversized = app.send_task(record_run.name, args=["oversized-" + big, 0])
-        for name, result in [("bad_order", bad_order), ("unknown", unknown), ("pickle", pickled),
-                             ("oversized", oversized)]:
-            sent[name] = [result.id, refusal(result)]
-        for name, call in [
-            ("oversized_delay", lambda: record_run.apply_async(args=["big-delay-" + big, 0], task_id="big-delay")),
-            ("no_queue", lambda: record_run.apply_async(args=["no-queue", 0], queue="nobody", task_id="no-queue")),
-        ]:
-            try:
-                call()
-                raised[name] = "sent"
-            except Exception as exc:
-                raised[name] = type(exc).__name__ + ": " + str(exc)
-        started = time.monotonic()
-        good = record_run.delay("good-after", 0).get(timeout=30)
-        print(json.dumps({{"sent": sent, "raised": raised, "good": good, "seconds": time.monotonic() - started}}))
-        """,
-        timeout=120,
-    )
+    outcome = stack.project.program("bad_messages", timeout=120)
     sent, raised = outcome["sent"], outcome["raised"]
     # Each caller hears at once why its task will never run.
     assert {name: why for name, (_, why) in sent.items()} == {

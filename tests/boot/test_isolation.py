@@ -65,14 +65,7 @@ def runs(db: redis.Redis, project: BootedProject) -> list[str]:
 
 
 def send(project: BootedProject, queue: str, keys: list[str], priority: int | None = None) -> None:
-    project.client(
-        f"""
-        from {project.package}.tasks.diagnostics import record_run
-        for key in {keys!r}:
-            record_run.apply_async(args=[key], queue={queue!r}, priority={priority!r})
-        print(json.dumps(len({keys!r})))
-        """
-    )
+    project.program("record_runs", [{"key": key, "queue": queue, "priority": priority} for key in keys])
 
 
 def depth(project: BootedProject, queue: str) -> int:
@@ -85,16 +78,7 @@ def depth(project: BootedProject, queue: str) -> int:
 
 def flower_depth(project: BootedProject, queue: str) -> int:
     """The queue's messages as Flower's broker page reads them (its own Redis client, told the prefix by the app)."""
-    return project.client(
-        f"""
-        import asyncio
-        from flower.utils.broker import Broker
-        from {project.package}.celery_app import app
-        url = app.connection_for_read().as_uri(include_password=True)
-        broker = Broker(url, broker_options=app.conf.broker_transport_options)
-        print(json.dumps(asyncio.run(broker.queues([{queue!r}]))[0]["messages"]))
-        """
-    )
+    return project.program("flower_depth", queue)
 
 
 def test_two_projects_on_one_redis_database_do_not_see_each_other(

@@ -212,7 +212,7 @@ def test_every_deployment_runs_a_start_script_booted_here(cluster: Cluster) -> N
 
 
 def test_workers_consume_their_queues_and_probes_follow_them(cluster: Cluster) -> None:
-    project, package = cluster.project, cluster.project.package
+    project = cluster.project
     pods = []
     paused: dict[str, list[str]] = {}
     try:
@@ -232,34 +232,10 @@ def test_workers_consume_their_queues_and_probes_follow_them(cluster: Cluster) -
                 assert passed, f"{pod.name} {kind}: {seen}"
             assert pod.env["WORKER_HEARTBEAT_FILE"].startswith(pod.env["TMPDIR"]), "heartbeat in the pod's /tmp"
         # Pause the booted workers, so a task on each queue can only reach the Deployment's worker.
-        paused = project.client(
-            f"""
-            from {package}.celery_app import app
-            active = app.control.inspect(timeout=5).active_queues() or {{}}
-            mine = {{node: sorted(q["name"] for q in qs) for node, qs in active.items() if node.startswith("k8s-")}}
-            assert sorted(n.split("@")[0] for n in mine) == sorted(f"k8s-{{q}}" for q in {queues!r}), mine
-            assert all(qs == [node.split("@")[0][4:]] for node, qs in mine.items()), mine
-            paused = {{}}
-            for node, qs in active.items():
-                for q in qs:
-                    if not node.startswith("k8s-") and q["name"] in {queues!r}:
-                        app.control.cancel_consumer(q["name"], destination=[node], reply=True, timeout=5)
-                        paused.setdefault(q["name"], []).append(node)
-            print(json.dumps(paused))
-            """
-        )
-        ran = project.client(
-            f"""
-            from {package}.tasks.diagnostics import record_run
-            ran = {{}}
-            for queue in {queues!r}:
-                result = record_run.apply_async(args=["k8s-{uuid.uuid4().hex[:8]}-" + queue], queue=queue)
-                result.get(timeout=60)
-                ran[queue] = result.id
-            print(json.dumps(ran))
-            """,
-            timeout=240,
-        )
+        paused = project.program("pause_consumers", queues)
+        tag = uuid.uuid4().hex[:8]
+        calls = [{"key": f"k8s-{tag}-{queue}", "queue": queue} for queue in queues]
+        ran = dict(zip(queues, project.program("record_runs", calls, True, timeout=240), strict=True))
         for pod in pods:
             task_id = ran[pod.env["WORKER_QUEUES"]]
             assert task_id in pod.proc.log.read_text(), f"{pod.name} did not run {task_id} from its queue"
@@ -269,31 +245,13 @@ def test_workers_consume_their_queues_and_probes_follow_them(cluster: Cluster) -
             if pod.proc:
                 assert pod.proc.stop(timeout=120) == 0, f"{pod.name}: warm shutdown should exit 0"
         # Resume what was paused, and (should the pausing client have failed half-way) every booted "<queue>@host".
-        restored = project.client(
-            f"""
-            from {package}.celery_app import app
-            targets = {paused!r}
-            for node in app.control.inspect(timeout=5).active_queues() or {{}}:
-                if node.split("@")[0] in {project.queues!r}:
-                    targets.setdefault(node.split("@")[0], []).append(node)
-            for queue, nodes in targets.items():
-                app.control.add_consumer(queue, destination=sorted(set(nodes)), reply=True, timeout=5)
-            active = app.control.inspect(timeout=5).active_queues() or {{}}
-            print(json.dumps({{node: sorted(q["name"] for q in qs) for node, qs in active.items()}}))
-            """
-        )
+        restored = project.program("resume_consumers", paused, project.queues)
         for queue, nodes in paused.items():
             assert all(queue in restored.get(node, []) for node in nodes), f"{queue} not resumed on {nodes}: {restored}"
     for pod in pods:
         pod.assert_probes_fail(project)
     # The booted workers consume again: a task per queue completes with the manifest workers gone.
-    project.client(
-        f"""
-        from {package}.tasks.diagnostics import record_run
-        print(json.dumps([record_run.apply_async(args=["after-k8s"], queue=q).get(timeout=60) for q in {queues!r}]))
-        """,
-        timeout=240,
-    )
+    project.program("record_runs", [{"key": "after-k8s", "queue": q} for q in queues], True, timeout=240)
 
 
 def test_beat_sends_due_tasks_and_probes_follow_it(cluster: Cluster) -> None:

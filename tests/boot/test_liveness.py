@@ -72,22 +72,12 @@ class Stack:
         return result.returncode, (result.stderr or result.stdout).strip()
 
     def publish(self, key: str, seconds: float = 0) -> None:
-        self.project.client(
-            f"""
-            from {self.project.package}.tasks.diagnostics import record_run
-            print(json.dumps(record_run.delay({key!r}, {seconds!r}).id))
-            """
-        )
+        self.project.program("record_runs", [{"key": key, "seconds": seconds}])
 
 
 def boot_stack(work: Path, broker: str) -> Iterator[Stack]:
     with running_project(work, f"Live {broker}", broker, workers=False) as project:
-        runs_key = project.client(
-            f"""
-            from {project.package}.tasks.diagnostics import runs_key
-            print(json.dumps(runs_key()))
-            """
-        )
+        runs_key = project.program("runs_key")
         yield Stack(project, project.service(broker), runs_key)
 
 
@@ -284,12 +274,7 @@ def test_two_beats_ride_out_a_redis_restart_then_the_standby_takes_over_once(red
     and no tick is sent twice (sends counted from both logs). Then Redis stays down for longer than the lock
     timeout: the beat holding the lock exits, saying so."""
     stack, project = redis_stack, redis_stack.project
-    queue = project.client(
-        f"""
-        from {project.package}.schedule import ENTRIES
-        print(json.dumps(next(e.queue for e in ENTRIES if e.name == "refresh-eurusd")))
-        """
-    )
+    queue = project.program("schedule_queue", "refresh-eurusd")
     worker = stack.worker("prices", WORKER_QUEUES=queue)
     worker.wait_for_log("ready.")
     active = project.start("beat-active", ["bin/beat"], BEAT_ENV)

@@ -38,22 +38,7 @@ def test_messages_of_the_unprefixed_layout_run_after_migrate_keys(project: Boote
     db = redis.Redis.from_url(project.service("redis").url, decode_responses=True)
     # The old deployment: the same code without the broker's key prefix. One message is delivered and never
     # acknowledged (its consumer exits without a shutdown), so it sits in the old `unacked` hash.
-    project.client(
-        f"""
-        import os
-        from {project.package}.celery_app import app
-        from {project.package}.tasks.diagnostics import record_run
-        app.conf.broker_transport_options = {{**app.conf.broker_transport_options, "global_keyprefix": ""}}
-        for key in {OLD!r}:
-            record_run.apply_async(args=[key], queue="default")
-        for key in {PRIORITY!r}:
-            record_run.apply_async(args=[key], queue="default", priority=9)
-        with app.connection_for_write() as connection:
-            assert connection.default_channel.basic_get("default", no_ack=False) is not None
-            print(json.dumps("taken"), flush=True)
-            os._exit(0)
-        """
-    )
+    project.program("legacy_messages", OLD, PRIORITY)
     old_keys = sorted(k for k in db.scan_iter() if not k.startswith(f"{project.package}:"))
     queues_before = project.module("ops", "queues").stdout
 

@@ -18,14 +18,7 @@ pytestmark = pytest.mark.boot
 
 
 def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(booted: BootedProject) -> None:
-    pkg = booted.package
-    info = booted.client(
-        f"""
-        from {pkg}.settings import settings
-        from {pkg}.tasks.diagnostics import runs_key
-        print(json.dumps({{"bound": settings.task_max_worker_lost, "runs_key": runs_key()}}))
-        """
-    )
+    info = booted.program("poison_info")
     bound, db = info["bound"], redis.Redis.from_url(booted.env["REDIS_URL"], decode_responses=True)
     worker = booted.proc(f"worker-{booted.queues[0]}")  # lose_worker and record_run go to the default queue
     main_pid = worker.popen.pid
@@ -35,15 +28,7 @@ def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(
 
     poison, tag = f"poison-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6]
     during, after = [f"during-{tag}-{i}" for i in range(10)], [f"after-{tag}-{i}" for i in range(5)]
-    poison_id = booted.client(
-        f"""
-        from {pkg}.tasks.diagnostics import lose_worker, record_run
-        poison = lose_worker.delay({poison!r})
-        for key in {during!r}:  # queued behind the poison message: they must run while it crash-loops
-            record_run.delay(key, 0)
-        print(json.dumps(poison.id))
-        """
-    )
+    poison_id = booted.program("send_poison", poison, during)
     started = time.monotonic()
 
     def dead_letter() -> str:
@@ -62,12 +47,7 @@ def test_a_task_that_kills_its_pool_process_is_tried_n_times_then_dead_lettered(
     settled = time.monotonic() - started
     line = dead_letter()
     wait_until(lambda: all(runs(key) for key in during), 60, "the tasks sent behind the poison message")
-    booted.client(
-        f"""
-        from {pkg}.tasks.diagnostics import record_run
-        print(json.dumps([record_run.delay(key, 0).id for key in {after!r}]))
-        """
-    )
+    booted.program("record_runs", [{"key": key, "seconds": 0} for key in after])
     wait_until(lambda: all(runs(key) for key in after), 60, "the tasks sent after it was dead-lettered")
     time.sleep(2)  # a redelivery after the dead letter would run now
     attempts = runs(poison)
