@@ -12,9 +12,6 @@ Two kinds of stack:
   (settings require a profile for every queue).
 """
 
-import json
-import sys
-import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -83,40 +80,14 @@ def start_metrics(booted: BootedProject, started: list[Proc], name: str, env: di
     return Exporter(booted, proc, port)
 
 
-def client(booted: BootedProject, code: str, env: dict[str, str] | None = None) -> object:
-    """Like booted.client, with environment overrides (a producer pointed at the idle broker)."""
-    program = f"import json\nimport {booted.package} as pkg\n" + textwrap.dedent(code)
-    result = booted.run(sys.executable, "-c", program, env=env, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def routes(booted: BootedProject) -> dict[str, str]:
     """Example task name -> the queue the project's router sends it to."""
-    return client(
-        booted,
-        f"""
-        from {booted.package}.celery_app import app
-        from {booted.package}.tasks import notifications, orders, prices
-        names = [orders.process_order.name, notifications.send_receipt.name, prices.fetch_price.name]
-        print(json.dumps({{name: app.amqp.router.route({{}}, name)["queue"].name for name in names}}))
-        """,
-    )
+    return booted.program("example_routes")
 
 
 def publish(booted: BootedProject, env: dict[str, str], prices: int = 0, orders: int = 0) -> None:
     """Send routed example tasks without waiting for them (nobody may consume them)."""
-    client(
-        booted,
-        f"""
-        from {booted.package}.tasks.orders import process_order
-        from {booted.package}.tasks.prices import fetch_price
-        ids = [fetch_price.delay("EURUSD").id for _ in range({prices})]
-        ids += [process_order.delay({ORDER!r}).id for _ in range({orders})]
-        print(json.dumps(ids))
-        """,
-        env,
-    )
+    booted.program("send_examples", prices, orders, ORDER, env=env)
 
 
 def ops_queues(booted: BootedProject, env: dict[str, str] | None = None) -> dict[str, int]:
@@ -152,18 +123,7 @@ def test_exporter_counts_successes_and_runtimes_per_task_and_queue(
         }
 
     before = counts()
-    client(
-        booted,
-        f"""
-        import uuid
-        from {booted.package}.tasks import notifications, orders, prices
-        for _ in range(3):
-            orders.process_order.delay({ORDER!r}).get(timeout=30)
-            notifications.send_receipt.delay("metrics-" + uuid.uuid4().hex).get(timeout=30)
-            prices.fetch_price.delay("EURUSD").get(timeout=30)
-        print(json.dumps(True))
-        """,
-    )
+    booted.program("run_examples", 3, ORDER)
     wait_until(
         lambda: all(now[0] >= before[t][0] + 3 and now[1] >= before[t][1] + 3 for t, now in counts().items()),
         what="3 more successes and runtimes per task",

@@ -9,7 +9,6 @@ servers with the environment a user sets (REDIS_URL=rediss://..., CELERY_BROKER_
 """
 
 import base64
-import json
 import re
 import subprocess
 import urllib.request
@@ -133,22 +132,9 @@ def start_worker(booted: BootedProject, started: list[Proc], name: str, env: dic
     return proc
 
 
-def client(booted: BootedProject, code: str, env: dict[str, str], timeout: float = 90) -> object:
-    program = f"import json\nimport {booted.package} as pkg\n{code}"
-    result = booted.run("python", "-c", program, env=env, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def send_receipt(booted: BootedProject, env: dict[str, str], order_id: str, *, wait: bool) -> object:
     """send_receipt touches all three Redis users: the broker (Redis variant), the result backend, redis_store."""
-    return client(
-        booted,
-        f"from {booted.package}.tasks.notifications import send_receipt\n"
-        f"result = send_receipt.delay({order_id!r})\n"
-        f"print(json.dumps({{'id': result.id, 'result': result.get(timeout=60) if {wait} else None}}))\n",
-        env,
-    )
+    return booted.program("send_receipt", order_id, wait, env=env, timeout=90)
 
 
 def scrape(port: int) -> dict[str, float] | None:
@@ -192,12 +178,7 @@ def test_worker_beat_exporter_and_health_checks_run_over_verified_tls(
     sent = send_receipt(booted, good, "tls-1", wait=True)
     assert sent["result"] == "sent"
     wait_until(lambda: f"[{sent['id']}] succeeded" in worker.log.read_text(), what="task succeeded on the TLS worker")
-    outbox = client(
-        booted,
-        f"from {booted.package}.redis_store import client, key\n"
-        "print(json.dumps(client().lrange(key('outbox', 'receipts'), 0, -1)))\n",
-        good,
-    )
+    outbox = booted.program("outbox", env=good, timeout=90)
     assert "tls-1" in outbox
 
     # Beat (RedBeat's schedule and lock over TLS) fires a tick that the TLS worker runs.
