@@ -11,7 +11,6 @@ figures it measured.
 import contextlib
 import functools
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,13 +49,6 @@ class Stack:
         }
         return self.project.start(f"worker-{name}", [str(self.project.path / "bin" / "worker")], extra)
 
-    def client(self, code: str, env: dict[str, str] | None = None, timeout: float = 120) -> object:
-        """Run `code` as a producer process with the project's settings plus `env`; returns its last line as JSON."""
-        program = f"import json, time\nimport {self.project.package} as pkg\n" + code
-        result = self.project.run(sys.executable, "-c", program, env=env, timeout=timeout)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return json.loads(result.stdout.strip().splitlines()[-1])
-
     def rabbitmqctl(self, *args: str) -> str:
         rabbit = self.project.service("rabbitmq")
         ctl = services.RABBITMQ_REAL_SCRIPT.with_name("rabbitmqctl")
@@ -90,13 +82,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     broker = request.param
     work = tmp_path_factory.mktemp(f"delivery-{broker}")
     with running_project(work, f"Delivery {broker}", broker, workers=False) as project:
-        runs_key = json.loads(
-            project.run(
-                sys.executable,
-                "-c",
-                f"import json; from {project.package}.tasks.diagnostics import runs_key; print(json.dumps(runs_key()))",
-            ).stdout
-        )
+        runs_key = project.program("runs_key")
         stack = Stack(project, broker, runs_key)
         yield stack
         stack.db.close()
@@ -123,18 +109,7 @@ def test_countdown_task_leaves_a_prefetch_one_worker_free(workers: Stack) -> Non
     worker = workers.worker(queue, "eta-high")
     worker.wait_for_log("ready.")
     tag = uuid.uuid4().hex[:6]
-    sent = workers.client(
-        f"""
-from {workers.project.package}.tasks.diagnostics import record_run
-delayed_at = time.time()
-record_run.apply_async(args=["delayed-{tag}"], countdown={COUNTDOWN}, queue="{queue}")
-time.sleep(1)
-now_at = time.time()
-for i in range({IMMEDIATE}):
-    record_run.apply_async(args=[f"now-{tag}-{{i}}"], queue="{queue}")
-print(json.dumps({{"delayed": delayed_at, "now": now_at}}))
-"""
-    )
+    sent = workers.project.program("countdown_then_immediate", queue, tag, COUNTDOWN, IMMEDIATE, timeout=120)
     due = sent["delayed"] + COUNTDOWN
 
     def immediate_runs() -> list[dict]:
@@ -172,26 +147,8 @@ BUNCH = 10  # tasks due together: as many as one worker may hold (WORKER_ETA_TAS
 RUN_SECONDS = 2.5  # each, under the soft limit: together they run 25 s, past the old rule's 28 s from delivery
 
 # A fleet of workers sweeps the unacknowledged index often (each worker every 100 s by default); this one sweeps
-# every second with the project's own settings, so a visibility timeout that is too short shows within the test.
-SWEEP = """
-from {package}.celery_app import app
-from {package}.redis_store import client
-sweeps = 0
-deadline = time.time() + {timeout}
-with app.connection_for_write() as connection:
-    channel = connection.default_channel
-    done_since = None
-    while time.time() < deadline:
-        channel.qos.restore_visible(num=1000, interval=1)
-        sweeps += 1
-        runs = [json.loads(raw)["key"] for raw in client().lrange({runs_key!r}, 0, -1)]
-        if len({{key for key in runs if key.startswith({prefix!r})}}) >= {count}:
-            done_since = done_since or time.time()
-            if time.time() - done_since > 5:  # a restored copy would be taken and run within this
-                break
-        time.sleep(1)
-print(json.dumps({{"sweeps": sweeps, "visibility_timeout": channel.visibility_timeout}}))
-"""
+# every second with the project's own settings, so a visibility timeout that is too short shows within the test
+# (tests/support/programs/sweep_unacked.py).
 
 
 def test_countdown_over_the_limit_is_refused_and_near_ones_due_together_run_once(workers: Stack) -> None:
@@ -200,17 +157,8 @@ def test_countdown_over_the_limit_is_refused_and_near_ones_due_together_run_once
     package = workers.project.package
     # No worker yet: whatever the refused publish sent would stay in the broker, countable.
     before = workers.queued(queue)
-    refused = workers.client(
-        f"""
-from {package}.tasks.diagnostics import record_run
-try:
-    record_run.apply_async(args=["far-{tag}"], countdown=60, queue="{queue}")
-    print(json.dumps("accepted"))
-except Exception as exc:
-    print(json.dumps(f"{{type(exc).__name__}}: {{exc}}"))
-""",
-        env=SHORT,
-    )
+    far = {"key": f"far-{tag}", "countdown": 60, "queue": queue}
+    refused = workers.project.program("try_record_runs", [far], "accepted", env=SHORT, timeout=120)
     after = workers.queued(queue)
     print(f"{workers.broker}: countdown=60, CELERY_MAX_COUNTDOWN=6 -> {refused}; queued before {before}, after {after}")
     assert refused.startswith("CountdownTooLong: ") and "CELERY_MAX_COUNTDOWN" in refused and "6s limit" in refused
@@ -219,47 +167,30 @@ except Exception as exc:
     worker = workers.worker(queue, "eta-limit", SHORT)
     worker.wait_for_log("ready.")
     # Under a second: RabbitMQ's native delayed delivery routes by whole seconds and refused 0 (ValueError).
-    workers.client(
-        f"""
-from {package}.tasks.diagnostics import record_run
-record_run.apply_async(args=["subsecond-{tag}"], countdown=0.4, queue="{queue}")
-print(json.dumps(True))
-""",
-        env=SHORT,
-    )
+    subsecond = {"key": f"subsecond-{tag}", "countdown": 0.4, "queue": queue}
+    sent = workers.project.program("try_record_runs", [subsecond], True, env=SHORT, timeout=120)
+    assert sent is True, f"countdown=0.4 refused: {sent}"
     wait_until(lambda: workers.runs(f"subsecond-{tag}"), 60, "the task sent with countdown=0.4")
     if workers.broker == "redis":  # on RabbitMQ send_task's countdown waits in the delay queues: 60 s for this check
         # send_task by name bypasses GuardedTask.apply_async: the worker refuses the ETA and dead-letters it.
-        far_id = workers.client(
-            f"""
-from {package}.celery_app import app
-print(json.dumps(app.send_task("{package}.tasks.diagnostics.record_run", args=["far-{tag}"], countdown=600,
-                               queue="{queue}").id))
-""",
-            env=SHORT,
-        )
-        listed = f"from {package} import deadletters\nprint(json.dumps([e['reason'] for e in deadletters.entries() "
-        listed += f"if e['id'] == {far_id!r}]))"
-        wait_until(lambda: workers.client(listed, env=SHORT), 60, "the far send_task among the dead letters")
-        print(f"{workers.broker}: send_task with countdown=600 -> dead letter {workers.client(listed, env=SHORT)}")
+        name, args = f"{package}.tasks.diagnostics.record_run", [f"far-{tag}"]
+        far_id = workers.project.program("send_task_by_name", name, args, 600, queue, env=SHORT, timeout=120)
+
+        def listed() -> list[str]:
+            return workers.project.program("dead_letter_reasons", far_id, env=SHORT, timeout=120)
+
+        wait_until(listed, 60, "the far send_task among the dead letters")
+        print(f"{workers.broker}: send_task with countdown=600 -> dead letter {listed()}")
         assert not workers.runs(f"far-{tag}")
 
-    sent_at = workers.client(
-        f"""
-from {package}.tasks.diagnostics import record_run
-for i in range({BUNCH}):
-    record_run.apply_async(args=[f"near-{tag}-{{i}}", {RUN_SECONDS}], countdown=5, queue="{queue}")
-print(json.dumps(time.time()))
-""",
-        env=SHORT,
+    sent_at = workers.project.program(
+        "countdown_bunch", f"near-{tag}-", BUNCH, RUN_SECONDS, 5, queue, env=SHORT, timeout=120
     )
     keys = [f"near-{tag}-{i}" for i in range(BUNCH)]
     timeout = 5 + BUNCH * RUN_SECONDS + 90
     if workers.broker == "redis":
-        program = SWEEP.format(
-            package=package, timeout=timeout, runs_key=workers.runs_key, prefix=f"near-{tag}-", count=BUNCH
-        )
-        swept = workers.client(program, env=SHORT, timeout=timeout + 60)
+        sweep = (timeout, workers.runs_key, f"near-{tag}-", BUNCH)
+        swept = workers.project.program("sweep_unacked", *sweep, env=SHORT, timeout=timeout + 60)
     else:
         swept = {}
         wait_until(lambda: all(workers.runs(key) for key in keys), timeout, f"{BUNCH} tasks due together")
@@ -303,13 +234,7 @@ def test_connection_drop_mid_task_leaves_no_double_side_effect(workers: Stack) -
     worker = workers.worker(queue, "drop", DROP)
     worker.wait_for_log("ready.")
     key = f"once-{uuid.uuid4().hex[:6]}"
-    task_id = workers.client(
-        f"""
-from {workers.project.package}.tasks.diagnostics import record_once
-print(json.dumps(record_once.delay("{key}", {WORK_AFTER_EFFECT}).id))
-""",
-        env=DROP,
-    )
+    task_id = workers.project.program("record_once", key, WORK_AFTER_EFFECT, env=DROP, timeout=120)
     worker.wait_for_log(f"record_once {key}: recorded")
     drop_broker_connections(workers)
     dropped_at = time.monotonic()
@@ -341,38 +266,13 @@ def test_new_workers_publish_and_consume_next_to_the_old_direct_exchange(workers
         pytest.skip("exchanges are a RabbitMQ matter")
     queue = workers.project.queues[-1]
     tag = uuid.uuid4().hex[:6]
-    package = workers.project.package
     # As the previous version did, through kombu: the quorum queue bound to a direct exchange of its own name, and a
     # task published through that exchange by an "old" process (the same message Celery sends, routed the old way).
-    workers.client(
-        f"""
-from kombu import Exchange, Queue
-from {package}.celery_app import app
-from {package}.queues import TASK_QUEUES
-from {package}.tasks.diagnostics import record_run
-new = next(q for q in TASK_QUEUES if q.name == "{queue}")
-old_exchange = Exchange("{queue}", type="direct")
-with app.connection_for_write() as connection:
-    Queue("{queue}", old_exchange, routing_key="{queue}", queue_arguments=new.queue_arguments)(
-        connection.default_channel
-    ).declare()
-record_run.apply_async(args=["old-{tag}"], exchange="{queue}", routing_key="{queue}")
-print(json.dumps(True))
-"""
-    )
+    workers.project.program("old_direct_exchange", queue, f"old-{tag}", timeout=120)
     worker = workers.worker(queue, "upgrade")
     worker.wait_for_log("ready.")
-    published = workers.client(
-        f"""
-from {package}.tasks.diagnostics import record_run
-try:
-    record_run.apply_async(args=["new-{tag}"], queue="{queue}")
-    record_run.apply_async(args=["delayed-{tag}"], countdown=2, queue="{queue}")
-    print(json.dumps("published"))
-except Exception as exc:
-    print(json.dumps(f"{{type(exc).__name__}}: {{exc}}"))
-"""
-    )
+    new = [{"key": f"new-{tag}", "queue": queue}, {"key": f"delayed-{tag}", "countdown": 2, "queue": queue}]
+    published = workers.project.program("try_record_runs", new, "published", timeout=120)
     assert published == "published", published
     for key in (f"old-{tag}", f"new-{tag}", f"delayed-{tag}"):
         wait_until(lambda key=key: workers.runs(key), 60, key)
