@@ -1,7 +1,8 @@
 """A rendered project installed into this environment and run as real processes: workers via its bin/worker.
 
-The boot tier drives it like a user would: start scripts, the project's own commands, and small client programs
-run with the project's environment (each client is a fresh Python process, as a producer service would be).
+The boot tier drives it like a user would: start scripts, the project's own commands, and small producer programs
+(tests/support/programs, run by `program`) with the project's environment: each a fresh Python process, as a
+producer service would be.
 """
 
 import contextlib
@@ -119,7 +120,10 @@ class BootedProject:
         )
 
     def client(self, code: str, timeout: float = 60) -> object:
-        """Run `code` as a producer would, with the project's package imported as `pkg`; returns its JSON output."""
+        """Run `code` as a producer would, with the project's package imported as `pkg`; returns its JSON output.
+
+        For a line or two only: a program of any length belongs in tests/support/programs (linted), run by `program`.
+        """
         program = f"import json\nimport {self.package} as pkg\n" + textwrap.dedent(code)
         result = self.run(sys.executable, "-c", program, timeout=timeout)
         assert result.returncode == 0, result.stderr
