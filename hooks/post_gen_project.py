@@ -1,7 +1,7 @@
 """Finish the rendered project: real secrets in `.env`, and the answers recorded for re-rendering.
 
 Runs inside the generated project directory. Kept free of Jinja except the context line at the bottom, so
-tests/test_hooks.py can import and call the functions directly.
+tests/fast/test_hooks.py can import and call the functions directly.
 """
 
 import json

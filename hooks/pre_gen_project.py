@@ -2,7 +2,7 @@
 
 Each check returns one line saying what is wrong and what is allowed; `main` prints it and exits 1, so cookiecutter
 removes nothing because it has created nothing yet. The functions take the answers as a dict so tests can call them
-without rendering (tests/test_hooks.py).
+without rendering (tests/fast/test_hooks.py).
 """
 
 import json

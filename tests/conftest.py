@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from booted import BootedProject, Proc, running_project
@@ -26,3 +27,13 @@ def stopped_afterwards() -> Iterator[list[Proc]]:
     yield started
     for proc in started:
         proc.stop(timeout=30)
+
+
+BOOT_DIR = Path(__file__).parent / "boot"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The folder is the tier: every test under tests/boot/ is a boot test, so `-m "not boot"` never starts a server."""
+    for item in items:
+        if BOOT_DIR in item.path.parents:
+            item.add_marker(pytest.mark.boot)

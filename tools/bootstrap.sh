@@ -12,7 +12,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
 "$PYTHON" -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 # Not docker.io: the compose boot tier uses the Docker engine you run, or, as root and only when that tier runs,
-# installs docker.io and debootstrap and starts a dockerd of its own (tests/docker_env.py). Without either it is skipped.
+# installs docker.io and debootstrap and starts a dockerd of its own
+# (tests/support/docker_env.py). Without either it is skipped.
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
         echo "missing: ${missing[*]}; install them with apt-get (needs root)" >&2
