@@ -33,6 +33,9 @@ app.conf.imports = (
     "{{ cookiecutter.__package }}.tasks.workflows",
     "{{ cookiecutter.__package }}.tasks.maintenance",
     "{{ cookiecutter.__package }}.tasks.diagnostics",
+    "{{ cookiecutter.__package }}.tasks.reports",
+    # Not tasks: registers the inspect command `doctor` asks each worker (doctor.py).
+    "{{ cookiecutter.__package }}.doctor",
 )
 app.steps["worker"].update({QueuePrefetchStep, HeartbeatStep})
 

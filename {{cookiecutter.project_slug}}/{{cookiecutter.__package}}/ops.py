@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from celery.result import AsyncResult
+
 from . import deadletters
 from .broker_stats import connect, declared_queues, purge, queue_depths
 from .celery_app import app
@@ -92,10 +94,18 @@ def _print_tasks(replies: dict[str, list], what: str, line: Callable[[Any], str]
             print(line(item))
 
 
+def _progress(request: dict[str, Any]) -> str:
+    """A long task's own report (tasks/reports.py: state PROGRESS), read from the result backend."""
+    result = AsyncResult(str(request.get("id")), app=app)
+    if result.state != "PROGRESS" or not isinstance(result.info, dict):
+        return ""
+    return f"  {result.info.get('percent')}% {result.info.get('message', '')}".rstrip()
+
+
 def cmd_active(args: argparse.Namespace) -> None:
     def line(request: dict[str, Any]) -> str:
         started = request.get("time_start")
-        return _task_line(request, f"  running {time.time() - started:.0f}s" if started else "")
+        return _task_line(request, (f"  running {time.time() - started:.0f}s" if started else "") + _progress(request))
 
     _print_tasks(_replies("active", args.timeout), "active", line)
 

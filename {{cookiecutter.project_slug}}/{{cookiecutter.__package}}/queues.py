@@ -50,6 +50,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "{{ cookiecutter.__package }}.tasks.diagnostics.*": {"queue": "{{ queues[0] }}"},
     "{{ cookiecutter.__package }}.tasks.notifications.*": {"queue": "{{ q_high }}"},
     "{{ cookiecutter.__package }}.tasks.prices.*": {"queue": "{{ q_low }}"},
+    "{{ cookiecutter.__package }}.tasks.reports.*": {"queue": "{{ q_low }}"},
 }
 
 
