@@ -536,7 +536,9 @@ def _broker_error(connect_timeout: float) -> str | None:
 
     from .settings import settings
 
-    bounds = {"socket_connect_timeout": connect_timeout, "socket_timeout": connect_timeout}
+    # kombu's Redis transport ignores connect_timeout: its socket timeouts bound the attempt (py-amqp: connect_timeout).
+    redis = str(settings.broker_url).startswith(("redis://", "rediss://"))
+    bounds = {"socket_connect_timeout": connect_timeout, "socket_timeout": connect_timeout} if redis else {}
     try:
         with Connection(
             settings.broker_url,
