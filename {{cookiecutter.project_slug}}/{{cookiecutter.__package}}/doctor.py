@@ -546,7 +546,7 @@ def _broker_error(connect_timeout: float) -> str | None:
             connect_timeout=connect_timeout,
             transport_options=bounds,
         ) as connection:
-            connection.ensure_connection(max_retries=1)
+            connection.ensure_connection(max_retries=0)  # one attempt: fail fast
     except Exception as exc:  # any transport error: the same line for the operator
         return f"{type(exc).__name__}: {exc}"
     return None
