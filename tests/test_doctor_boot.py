@@ -1,4 +1,4 @@
-"""Boot tier for `doctor`: a stack of its own (Redis, a worker per queue, beat), then one fault at a time.
+"""Boot tier for `doctor`: a stack of its own per broker (a worker per queue, beat), then one fault at a time.
 
 Each fault test checks that doctor names exactly that fault as FAIL (no other line FAIL), then undoes it the way an
 operator would and waits for doctor to read all OK again. The stack is private to this module: it stops workers,
@@ -6,6 +6,7 @@ beat and the broker, which the session's `booted` stack must never see. The prog
 (a separate client process polling the result backend) while it runs.
 """
 
+import os
 import sys
 import textwrap
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 from booted import BootedProject, Proc, running_project
 from services import wait_until
+from template import CHOICES
 
 pytestmark = pytest.mark.boot
 
@@ -62,11 +64,12 @@ def healthy_again(stack: BootedProject, label: str, timeout: float = 90) -> Doct
     return reports[-1]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedProject]:
-    """Redis, one bin/worker per queue, bin/beat. Redis only: the faults are the same on RabbitMQ but for the
-    visibility timeout, and one stack keeps this module short."""
-    with running_project(tmp_path_factory.mktemp("doctor"), "Doctor redis", "redis") as project:
+@pytest.fixture(scope="module", params=CHOICES["broker"], ids=lambda broker: f"broker={broker}")
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedProject]:
+    """The broker (and Redis), one bin/worker per queue, bin/beat."""
+    broker = request.param
+    name = f"Doctor {broker} {os.environ.get('PYTEST_XDIST_WORKER', '')}".strip()
+    with running_project(tmp_path_factory.mktemp(f"doctor-{broker}"), name, broker) as project:
         project.start("beat", [str(project.path / "bin" / "beat")])
         healthy_again(project, "start-up")
         yield project
@@ -156,14 +159,16 @@ def test_task_events_turned_on_by_control(stack: BootedProject) -> None:
     healthy_again(stack, "after disable_events")
 
 
-def test_settings_with_a_visibility_timeout_below_max_countdown(stack: BootedProject) -> None:
+def test_settings_with_a_broker_timeout_below_max_countdown(stack: BootedProject) -> None:
+    """Redis: a visibility timeout shorter than the longest countdown; RabbitMQ: its consumer timeout below a run."""
+    setting = "CELERY_CONSUMER_TIMEOUT" if stack.service("rabbitmq") else "CELERY_VISIBILITY_TIMEOUT"
     env_file = stack.path / ".env"
     before = env_file.read_text()
-    env_file.write_text(before + "\nCELERY_VISIBILITY_TIMEOUT=60\n")
+    env_file.write_text(before + f"\n{setting}=60\n")
     try:
-        report = doctor(stack, ".env with CELERY_VISIBILITY_TIMEOUT=60")
+        report = doctor(stack, f".env with {setting}=60")
         assert report.code == 1 and report.failing() == ["config"], report.out
-        assert "CELERY_VISIBILITY_TIMEOUT 60s is below" in report.out
+        assert f"{setting} 60s is" in report.out
     finally:
         env_file.write_text(before)
     healthy_again(stack, ".env restored")
@@ -207,13 +212,13 @@ def test_doctor_and_ops_active_show_a_running_tasks_progress(stack: BootedProjec
 
 
 def test_broker_stopped_fails_fast_with_one_line(stack: BootedProject) -> None:
-    redis = stack.service("redis")
-    redis.stop()
+    broker = stack.service("rabbitmq") or stack.service("redis")
+    broker.stop()
     try:
         report = doctor(stack, "broker stopped")
         assert report.code == 1 and report.failing() == ["broker"], report.out + report.err
         assert len(report.rows) == 1 and "unreachable" in report.out
         assert "Traceback" not in report.out + report.err
     finally:
-        redis.restart()
+        broker.restart()
     healthy_again(stack, "broker back")

@@ -152,6 +152,8 @@ def test_dead_letters_report_growth_and_reasons() -> None:
 def test_visibility_timeout_below_the_rule_fails_config() -> None:
     assert failing(healthy(visibility_timeout=60)) == ["config"]
     assert failing(healthy(beat_lock_timeout=10, beat_lock_ttl=9.0)) == ["config"]
+    assert failing(healthy(visibility_timeout=None, consumer_timeout=1800, consumer_timeout_needed=1500)) == []
+    assert failing(healthy(visibility_timeout=None, consumer_timeout=600, consumer_timeout_needed=1500)) == ["config"]
 
 
 def test_running_tasks_show_their_progress() -> None:

@@ -40,6 +40,7 @@ EXPECTED_ROUTES = {
     "{{ cookiecutter.__package }}.tasks.diagnostics.record_once": "{{ queues[0] }}",
     "{{ cookiecutter.__package }}.tasks.notifications.send_receipt": "{{ q_high }}",
     "{{ cookiecutter.__package }}.tasks.prices.fetch_price": "{{ q_low }}",
+    "{{ cookiecutter.__package }}.tasks.reports.build_report": "{{ q_low }}",
 }
 
 

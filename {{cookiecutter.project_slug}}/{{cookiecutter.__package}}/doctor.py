@@ -92,6 +92,8 @@ class Facts:
     not_registered: list[str] = field(default_factory=list)  # task names dead-lettered as NotRegistered
     visibility_timeout: int | None = None  # redis broker only
     visibility_needed: int = 0  # settings.longest_unacknowledged(max_countdown) + margin
+    consumer_timeout: int | None = None  # RabbitMQ broker only: CELERY_CONSUMER_TIMEOUT
+    consumer_timeout_needed: int = 0  # settings.longest_unacknowledged(1)
     lock_timeout_min: float = 0.0  # 5 x beat_max_loop_interval
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # running task id -> PROGRESS meta
 
@@ -287,6 +289,11 @@ def check_config(f: Facts) -> Row:
         problems.append(
             f"CELERY_VISIBILITY_TIMEOUT {f.visibility_timeout}s is below {f.visibility_needed}s (max countdown + "
             "held tasks x time limit + margin): Redis hands waiting or running tasks out again"
+        )
+    if f.consumer_timeout is not None and f.consumer_timeout <= f.consumer_timeout_needed:
+        problems.append(
+            f"CELERY_CONSUMER_TIMEOUT {f.consumer_timeout}s is not above {f.consumer_timeout_needed}s (held runs x "
+            "time limit): RabbitMQ closes the worker's channel and the task runs twice"
         )
     if f.beat_lock_timeout < f.lock_timeout_min:
         problems.append(f"CELERY_REDBEAT_LOCK_TIMEOUT {f.beat_lock_timeout:g}s is below 5 loop intervals")
@@ -526,6 +533,9 @@ def gather(timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = DEFAULT_CO
     if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
         f.visibility_timeout = settings.visibility_timeout
         f.visibility_needed = settings.longest_unacknowledged(settings.max_countdown) + settings.visibility_margin
+    if hasattr(settings, "consumer_timeout"):  # the RabbitMQ broker's rule (settings.py)
+        f.consumer_timeout = settings.consumer_timeout
+        f.consumer_timeout_needed = settings.longest_unacknowledged(countdown=1)
     f.progress = _progress(app, f.workers)
     return f
 
