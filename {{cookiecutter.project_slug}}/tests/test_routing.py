@@ -37,6 +37,7 @@ EXPECTED_ROUTES = {
     "{{ cookiecutter.__package }}.tasks.maintenance.report_dead_letters": "{{ queues[0] }}",
     "{{ cookiecutter.__package }}.tasks.notifications.send_receipt": "{{ q_high }}",
     "{{ cookiecutter.__package }}.tasks.prices.fetch_price": "{{ q_low }}",
+    "{{ cookiecutter.__package }}.tasks.catalog.import_catalog": "{{ q_low }}",
 }
 
 

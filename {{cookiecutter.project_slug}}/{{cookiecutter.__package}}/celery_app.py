@@ -5,6 +5,7 @@ from celery import Celery, signals
 from . import tasks
 from .config.settings import settings
 from .runtime import broker_{{ cookiecutter.broker }} as broker  # the broker's part, chosen by file name
+from .runtime import control as _control  # noqa: F401  (registers the inspect command `ops doctor` asks)
 from .runtime import logs
 from .runtime import signals as _signals  # noqa: F401  (connects the handlers that dead-letter refused messages)
 from .runtime import task_log as _task_log  # noqa: F401  (connects its signal handlers)

@@ -35,6 +35,7 @@ from ..runtime.key_migration import migrate
 {%- endif %}
 from .beat import beat
 from .deadletters import deadletters
+from .doctor import doctor
 from .purge import purge_queue
 
 DEFAULT_TIMEOUT = 2.0
@@ -59,6 +60,7 @@ def ops() -> None:
 
 ops.add_command(beat)
 ops.add_command(deadletters)
+ops.add_command(doctor)
 
 
 def _check_broker(app: Celery) -> None:
