@@ -28,6 +28,7 @@ from typing import Any
 import click
 from celery import Celery
 from celery.bin.base import CLIContext
+from celery.result import AsyncResult
 
 from ..runtime.broker_stats import connect, declared_queues, queue_depths
 {%- if cookiecutter.broker == "redis" %}
@@ -129,7 +130,15 @@ def _print_tasks(replies: dict[str, list], what: str, line: Callable[[Any], str]
             print(line(item))
 
 
-@ops.command(help="tasks running now, per worker")
+def _progress(app: Celery, request: dict[str, Any]) -> str:
+    """A long task's own report (tasks/catalog.py: state PROGRESS), read from the result backend."""
+    result = AsyncResult(str(request.get("id")), app=app)
+    if result.state != "PROGRESS" or not isinstance(result.info, dict):
+        return ""
+    return f"  {result.info.get('percent')}% {result.info.get('message', '')}".rstrip()
+
+
+@ops.command(help="tasks running now, per worker (with the progress of those that report it)")
 @TIMEOUT
 @click.pass_obj
 def active(obj: Any, timeout: float) -> None:
@@ -137,7 +146,8 @@ def active(obj: Any, timeout: float) -> None:
 
     def line(request: dict[str, Any]) -> str:
         started = request.get("time_start")
-        return _task_line(request, f"  running {time.time() - started:.0f}s" if started else "")
+        running = f"  running {time.time() - started:.0f}s" if started else ""
+        return _task_line(request, running + _progress(app, request))
 
     _print_tasks(_replies(app, "active", timeout), "active", line)
 
