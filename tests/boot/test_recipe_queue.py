@@ -19,7 +19,7 @@ from pathlib import Path
 import docker_env
 import pytest
 import services
-from booted import BootedProject, project_env, read_answers
+from booted import BootedProject, read_answers, serving
 from k8s_policy import (
     KEDA_GROUP,
     OVERLAYS,
@@ -156,26 +156,10 @@ def test_supervisor_runs_the_new_worker_like_the_others(recipe: Recipe) -> None:
 
 @pytest.fixture(scope="module")
 def running(recipe: Recipe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedProject]:
-    services.require("redis-server")
+    """The recipe's project with its broker servers; not installed: bin/worker runs it from its checkout."""
     work = tmp_path_factory.mktemp(f"recipe-run-{recipe.broker}")
-    started = [services.start_redis(work / "redis")]
-    project = None
-    try:
-        broker_url = None
-        if recipe.broker == "rabbitmq":
-            services.require("rabbitmq-server")
-            started.append(services.start_rabbitmq(work / "rabbitmq"))
-            broker_url = started[-1].url
-        logs = work / "logs"
-        logs.mkdir()
-        env = project_env(recipe.path, started[0].url, broker_url)
-        project = BootedProject(recipe.path, recipe.package, [QUEUE], env, logs, services=started)
+    with serving(recipe.path, recipe.package, [QUEUE], recipe.broker, work) as project:
         yield project
-    finally:
-        if project:
-            project.stop_all()
-        for service in reversed(started):
-            service.stop()
 
 
 def test_a_task_routed_to_the_new_queue_runs_on_its_worker(recipe: Recipe, running: BootedProject) -> None:

@@ -178,17 +178,12 @@ def read_answers(path: Path) -> dict:
 
 
 @contextlib.contextmanager
-def running_project(work: Path, project_name: str, broker: str, *, workers: bool = True) -> Iterator[BootedProject]:
-    """Render a project, install it, start its broker servers (and a `bin/worker` per queue); stop all afterwards.
-
-    Each caller uses its own `project_name`, so several rendered projects can be installed into the one environment.
-    """
+def serving(path: Path, package: str, queues: list[str], broker: str, work: Path) -> Iterator[BootedProject]:
+    """Start the broker servers of a rendered project (Redis, plus RabbitMQ on that broker) under `work`; yield it as
+    a BootedProject with no process yet; stop what it started afterwards."""
     services.require("redis-server")
     if broker == "rabbitmq":
         services.require("rabbitmq-server")
-    path = render(work, {"project_name": project_name, "broker": broker})
-    answers = read_answers(path)
-    install(path)
     started: list[services.Service] = []
     project = None
     try:
@@ -200,20 +195,38 @@ def running_project(work: Path, project_name: str, broker: str, *, workers: bool
             broker_url = started[-1].url
         logs = work / "logs"
         logs.mkdir()
-        queues = [q.strip() for q in answers["queues"].split(",")]
         env = project_env(path, redis.url, broker_url)
-        project = BootedProject(path, answers["__package"], queues, env, logs, services=started)
-        if workers:
-            for queue in queues:
-                project.start_worker(queue)
-            for proc in project.procs:
-                proc.wait_for_log("ready.")
+        project = BootedProject(path, package, queues, env, logs, services=started)
         yield project
     finally:
         if project:
             project.stop_all()
         for service in reversed(started):
             service.stop()
+
+
+@contextlib.contextmanager
+def running_project(work: Path, project_name: str, broker: str, *, workers: bool = True) -> Iterator[BootedProject]:
+    """Render a project, install it, start its broker servers (and a `bin/worker` per queue); stop all afterwards.
+
+    Each caller uses its own `project_name`, so several rendered projects can be installed into the one environment.
+    """
+    services.require("redis-server")
+    if broker == "rabbitmq":
+        services.require("rabbitmq-server")
+    path = render(work, {"project_name": project_name, "broker": broker})
+    answers = read_answers(path)
+    install(path)
+    try:
+        queues = [q.strip() for q in answers["queues"].split(",")]
+        with serving(path, answers["__package"], queues, broker, work) as project:
+            if workers:
+                for queue in queues:
+                    project.start_worker(queue)
+                for proc in project.procs:
+                    proc.wait_for_log("ready.")
+            yield project
+    finally:
         uninstall(answers["project_slug"])
 
 

@@ -12,6 +12,9 @@ from types import ModuleType
 from typing import Any
 
 PACKAGE = os.environ["PROJECT_PACKAGE"]
+# Run from the project root (booted.BootedProject.run), as `python -c` would see it: the project's package (installed
+# or not) and devtools/ import from there. A script's own sys.path starts at its folder instead.
+sys.path.insert(0, os.getcwd())
 
 
 def module(name: str) -> ModuleType:
@@ -21,8 +24,6 @@ def module(name: str) -> ModuleType:
 
 def diagnostics() -> ModuleType:
     """The fault-drill tasks, `devtools.diagnostics` at the project root (outside the package, never in production)."""
-    # Run from the project root (booted.BootedProject.run), which a script's sys.path does not include by itself.
-    sys.path.insert(0, os.getcwd())
     return importlib.import_module("devtools.diagnostics")
 
 
