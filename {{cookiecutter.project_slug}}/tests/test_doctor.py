@@ -1,6 +1,8 @@
 """doctor's rules on plain data (every check_* reads a Facts), and its gathering on fakeredis for the Redis parts."""
 
+import importlib.util
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -199,3 +201,19 @@ def test_the_worker_probe_reads_the_event_dispatcher() -> None:
     assert control.doctor_probe(State()) == {"task_events": False}
     Dispatcher.groups = {"worker", "task"}
     assert control.doctor_probe(State()) == {"task_events": True}
+
+
+def test_every_command_a_fix_names_exists() -> None:
+    """The fixes are copied into a terminal at 3 a.m.: every module they name must import."""
+    broken = healthy(
+        workers={"default@h": worker(["default"], prefetch_count=4, task_events=True)},
+        dead_letters=3,
+        dead_letter_reasons=["NotRegistered x3"],
+        not_registered=["gone.task"],
+        beat_lock_ttl=None,
+    )
+    fixes = " ".join(row.fix for row in doctor.diagnose(broken) if row.status != OK)
+    named = re.findall(r"(?:python -m|--app) ([\w.]+)", fixes)
+    assert named, fixes
+    for module in named:
+        assert importlib.util.find_spec(module) is not None, f"a fix names {module}, which does not exist: {fixes}"

@@ -11,13 +11,9 @@ use which). From a checkout or an image (no installation needed):
     python -m {{ cookiecutter.__package }}.ops migrate-keys  # once, from the unprefixed layout
 {%- endif %}
 
-Installed, the same group is a `celery` subcommand (the `celery.commands` entry point in pyproject.toml):
-`celery --app {{ cookiecutter.__package }}.celery_app ops queues`.
-
 Exit 0 when all is well, 1 with a one-line reason on stderr. The worker commands broadcast through the broker and
 wait --timeout seconds (default 2) for replies: fine for a person, too costly for a probe (use health.py there).
-The app comes from click's context (celery's --app, or __main__.py): importing this module loads no app, so the
-`celery` command line stays as quick to start as without it.
+The app comes from click's context (__main__.py passes it), so the project's tests run the commands against theirs.
 """
 
 import sys

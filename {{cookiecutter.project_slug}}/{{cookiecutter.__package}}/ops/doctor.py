@@ -17,6 +17,7 @@ the workers that answered and returns as soon as they all have. Whether a worker
 `doctor_probe`, an inspect command the workers register (runtime/control.py).
 """
 
+import contextlib
 import json
 import sys
 import time
@@ -38,6 +39,8 @@ RUNBOOK = "RUNBOOK.md"
 DEFAULT_TIMEOUT = 1.0
 # One connection attempt to the broker or a Redis: doctor must fail fast when they are down, not retry.
 DEFAULT_CONNECT_TIMEOUT = 3.0
+# How many of the newest dead letters the reasons are counted from.
+REASONS_SAMPLE = 200
 # How many dead-letter reasons the dead-letter line names.
 TOP_REASONS = 3
 # How long doctor's own notes (last dead-letter count, last queue depths) are kept in Redis for the next run.
@@ -198,7 +201,7 @@ def check_events(f: Facts) -> Row:
             FAIL,
             f"task events on at {', '.join(on)} while CELERY_WORKER_SEND_TASK_EVENTS is off: turned on at run time "
             "(`celery control enable_events`, or Flower with FLOWER_ENABLE_EVENTS)",
-            f"celery --app {__package__}.celery_app control disable_events",
+            f"celery --app {PACKAGE}.celery_app control disable_events",
         )
     if unknown:
         return Row("events", WARN, f"{', '.join(unknown)} do not answer doctor_probe (older code)", "redeploy them")
@@ -285,7 +288,7 @@ def check_dead_letters(f: Facts) -> Row:
         "deadletters",
         WARN,
         f"{f.dead_letters} waiting{growth}; top reasons: {reasons}",
-        f"python -m {__package__}.ops deadletters list, then replay",
+        f"python -m {PACKAGE}.ops deadletters list, then replay",
     )
 
 
@@ -436,7 +439,8 @@ def _dead_letter_facts(f: Facts) -> None:
     if not f.dead_letters:
         return
     reasons: Counter[str] = Counter()
-    for entry in deadletters.entries():
+    # The newest only: a pile of dead letters is when doctor runs, and reading them all would take minutes and memory.
+    for entry in deadletters.newest(REASONS_SAMPLE):
         reason = str(entry.get("reason", ""))
         reasons[reason.split(":")[0]] += 1
         if reason.startswith("NotRegistered"):
@@ -456,7 +460,9 @@ def _remember(f: Facts) -> None:
     pipe = client().pipeline()
     pipe.hset(name, mapping={"deadletters": f.dead_letters, **{f"depth:{q}": d for q, d in f.depths.items()}})
     pipe.expire(name, MEMORY_TTL)
-    pipe.execute()
+    # A read-only Redis user: doctor still reports, without "since the last run" next time.
+    with contextlib.suppress(redis.ResponseError):
+        pipe.execute()
 
 
 def _progress(app: Any, workers: dict[str, WorkerFacts]) -> dict[str, dict[str, Any]]:
@@ -561,7 +567,11 @@ def _broker_error(connect_timeout: float) -> str | None:
 def doctor(as_json: bool, timeout: float, connect_timeout: float) -> None:
     """Check the broker, Redis, workers, queues, beat, dead letters and configuration; exit 1 on any FAIL."""
     started = time.monotonic()
-    rows = diagnose(gather(timeout, connect_timeout))
+    try:
+        rows = diagnose(gather(timeout, connect_timeout))
+    except redis.RedisError as exc:  # answered the first ping, then failed mid-way: one line, not a traceback
+        saw = f"failed while doctor read it: {type(exc).__name__}: {exc}"
+        rows = [Row("redis", FAIL, saw, f"{RUNBOOK} 'Broker unreachable'")]
     elapsed = time.monotonic() - started
     counts = Counter(row.status for row in rows)
     if as_json:

@@ -286,6 +286,13 @@ def entries(batch: int = 500) -> list[dict]:
     return found
 
 
+def newest(limit: int) -> list[dict]:
+    """The `limit` newest dead letters, newest first: one bounded read however many wait (ops doctor's top reasons)."""
+    entries_key, index = _keys()
+    ids = client().zrevrange(index, 0, limit - 1)
+    return [json.loads(raw) for raw in client().hmget(entries_key, ids) if raw] if ids else []
+
+
 def _claim(name: str) -> dict:
     """Move one entry into the replaying hash and return it; the atomic move is the claim, so no two callers get the
     same entry, and a process that dies after it leaves the entry there (stranded), not lost."""

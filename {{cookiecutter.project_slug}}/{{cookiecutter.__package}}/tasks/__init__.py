@@ -14,8 +14,11 @@ NOT_TASK_MODULES = ("base", "payloads")
 def modules() -> list[str]:
     """The dotted names of the task modules, sorted: what `app.conf.imports` lists. Celery imports them at start,
     and an import error there stops the worker with the module's traceback."""
+    # walk_packages: modules in sub-packages too (tasks/billing/invoices.py), so a folder of tasks is not skipped.
     return sorted(
-        f"{__name__}.{module.name}"
-        for module in pkgutil.iter_modules(__path__)
-        if not module.name.startswith("_") and module.name not in NOT_TASK_MODULES
+        module.name
+        for module in pkgutil.walk_packages(__path__, prefix=f"{__name__}.")
+        if not module.ispkg
+        and not module.name.rsplit(".", 1)[1].startswith("_")
+        and module.name.removeprefix(f"{__name__}.") not in NOT_TASK_MODULES
     )
