@@ -27,6 +27,7 @@ FAIL_MAX = 3
 RESET_TIMEOUT = 4
 READ_TIMEOUT = 2
 SLOW_ANSWER = 30
+MAX_RETRIES = 12
 
 
 class FlakyApi:
@@ -93,7 +94,7 @@ def stack(api: FlakyApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
                 "CELERY_RATES_API_URL": api.url,
                 "CELERY_RATES_API_READ_TIMEOUT": str(READ_TIMEOUT),
                 "CELERY_RATES_API_CONNECT_TIMEOUT": "2",
-                "CELERY_RATES_API_MAX_RETRIES": "12",
+                "CELERY_RATES_API_MAX_RETRIES": str(MAX_RETRIES),
                 "CELERY_BREAKER_FAIL_MAX": os.environ.get("TEST_BREAKER_FAIL_MAX", str(FAIL_MAX)),
                 "CELERY_BREAKER_RESET_TIMEOUT": str(RESET_TIMEOUT),
             }
@@ -130,6 +131,12 @@ def test_circuit_opens_for_both_workers_and_closes_on_recovery(stack: BootedProj
     # Phase fail: 503s. After FAIL_MAX failures in a row the circuit opens, for both workers.
     api.phase, failed_at = "fail", time.time()
     fail_ids = send(stack, [f"fail{i}" for i in range(10)])
+    # Two with their retry budget used up (a message already retried MAX_RETRIES times): their next failure, or the
+    # open circuit, sends them to the dead letters.
+    spent = [
+        stack.program("send_with_options", "tasks.rates", "fetch_rate", [f"spent{i}"], {"retries": MAX_RETRIES})
+        for i in range(2)
+    ]
     wait_until(
         lambda: circuit(stack)[0] == "open",
         120,
@@ -149,7 +156,7 @@ def test_circuit_opens_for_both_workers_and_closes_on_recovery(stack: BootedProj
     wait_until(lambda: circuit(stack)[0] == "closed", 120, "the circuit closes after recovery")
     closed_at = time.time()
 
-    ids = ok_ids + fail_ids
+    ids = ok_ids + fail_ids + spent
     wait_until(
         lambda: all(o[0] in ("SUCCESS", "FAILURE") for o in outcomes(stack, ids).values()),
         240,
@@ -169,8 +176,11 @@ def test_circuit_opens_for_both_workers_and_closes_on_recovery(stack: BootedProj
     assert during_open == 0, f"{during_open} requests reached the API while the circuit was open"
     for task_id, reasons in dead.items():
         assert reasons, f"task {task_id} failed without a dead letter"
+    assert set(spent) <= dead.keys(), "a task past its retry budget was not dead-lettered"
     # Each success reached the API for a 200 exactly once (its pair is unique).
-    pairs = {f"/rates/{p}" for p in [f"ok{i}" for i in range(4)] + [f"fail{i}" for i in range(10)]}
+    pairs = {
+        f"/rates/{p}" for p in [f"ok{i}" for i in range(4)] + [f"fail{i}" for i in range(10)] + ["spent0", "spent1"]
+    }
     assert sum(api.answered_ok.get(p, 0) for p in pairs) == len(succeeded)
     assert all(api.answered_ok.get(p, 0) <= 1 for p in pairs), api.answered_ok
 
