@@ -38,6 +38,7 @@ EXPECTED_ROUTES = {
     "{{ cookiecutter.__package }}.tasks.notifications.send_receipt": "{{ q_high }}",
     "{{ cookiecutter.__package }}.tasks.prices.fetch_price": "{{ q_low }}",
     "{{ cookiecutter.__package }}.tasks.catalog.import_catalog": "{{ q_low }}",
+    "{{ cookiecutter.__package }}.tasks.rates.fetch_rate": "{{ q_low }}",
 }
 
 

@@ -13,6 +13,8 @@ Metrics (the prefix is the package name):
   <prefix>_queue_depth{queue}                    messages ready in each declared queue
   <prefix>_exporter_broker_up                    1 if the broker answered this scrape's depth read, else 0
   <prefix>_exporter_redis_up                     1 if Redis answered this scrape's counter read, else 0
+  <prefix>_circuit_state{circuit,state}          1 for the state each circuit breaker is in (runtime/external.py)
+  <prefix>_circuit_transitions_total{circuit,transition}  state changes seen by the workers, e.g. closed->open
 
 The queue label is the queue each run's message came from. Counters grow from the first task the workers ran against
 this Redis; query them with rate()/increase(), which handle a reset.
@@ -36,7 +38,7 @@ from prometheus_client.registry import Collector
 from .celery_app import app as celery_app
 from .config.settings import settings
 from .runtime import counters as task_counters
-from .runtime import logs
+from .runtime import external, logs
 from .runtime.broker_stats import queue_depths
 
 PREFIX = __package__  # the package name: metric names stay unique when several projects share a Prometheus
@@ -128,10 +130,45 @@ class TaskCountersCollector(Collector):
         yield from families.values()
 
 
+class CircuitCollector(Collector):
+    """Reads every circuit breaker's shared state from Redis when Prometheus scrapes (the workers keep it there)."""
+
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
+
+    def _families(self) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        state = GaugeMetricFamily(
+            f"{self.prefix}_circuit_state", "1 for the state the circuit is in", labels=["circuit", "state"]
+        )
+        transitions = CounterMetricFamily(
+            f"{self.prefix}_circuit_transitions",
+            "Circuit state changes seen by workers",
+            labels=["circuit", "transition"],
+        )
+        return state, transitions
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()  # names only: registration must not reach Redis
+
+    def collect(self) -> Iterator[Metric]:
+        state, transitions = self._families()
+        try:
+            for name, (current, changes) in sorted(external.circuits().items()):
+                for one in external.STATES:
+                    state.add_metric([name, one], 1 if one == current else 0)
+                for change, count in sorted(changes.items()):
+                    transitions.add_metric([name, change], count)
+        except Exception as exc:  # the scrape must still answer; exporter_redis_up reports Redis itself
+            logger.warning("circuit state read failed: %s: %s", type(exc).__name__, exc)
+        yield state
+        yield transitions
+
+
 def register(app: Celery, registry: CollectorRegistry = REGISTRY, prefix: str = PREFIX) -> CollectorRegistry:
-    """The exporter's two collectors, on `registry`."""
+    """The exporter's collectors, on `registry`."""
     registry.register(QueueDepthCollector(app, prefix))
     registry.register(TaskCountersCollector(prefix))
+    registry.register(CircuitCollector(prefix))
     return registry
 
 

@@ -53,6 +53,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "{{ cookiecutter.__package }}.tasks.notifications.*": {"queue": "{{ q_high }}"},
     "{{ cookiecutter.__package }}.tasks.prices.*": {"queue": "{{ q_low }}"},
     "{{ cookiecutter.__package }}.tasks.catalog.*": {"queue": "{{ q_low }}"},
+    "{{ cookiecutter.__package }}.tasks.rates.*": {"queue": "{{ q_low }}"},
 }
 
 
