@@ -73,8 +73,12 @@ def test_the_circuit_opens_for_every_process_sharing_redis() -> None:
     def failing() -> None:
         raise external.Unavailable("HTTP 503")
 
-    with pytest.raises(ValueError):  # not an Unavailable: passes through, does not count
-        one.call(lambda: int("x"))
+    def not_found() -> None:
+        request = httpx.Request("GET", "http://api.invalid/rates/x")
+        raise httpx.HTTPStatusError("404", request=request, response=httpx.Response(404, request=request))
+
+    with pytest.raises(httpx.HTTPStatusError):  # the caller's mistake: passes through, does not count
+        one.call(not_found)
     for _ in range(settings.breaker_fail_max):
         with pytest.raises(external.Unavailable):
             one.call(failing)
@@ -96,3 +100,15 @@ def test_an_unset_api_url_fails_at_once_naming_the_variable(monkeypatch: pytest.
     monkeypatch.setattr(settings, "rates_api_url", None)
     with pytest.raises(rates.RatesApiNotConfigured, match="CELERY_RATES_API_URL"):
         rates.fetch_rate.run("EURUSD")
+
+
+def test_refused_calls_come_back_spread_out_and_within_the_countdown_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    circuit = external.breaker(f"test-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setattr(external, "seconds_until_trial", lambda cb: 10.0)
+    delays = {external.after_trial(circuit) for _ in range(200)}
+    # Spread over the next reset window: the waiting tasks do not all send their trial in the same second.
+    assert min(delays) >= 11.0 and max(delays) <= 10.0 + settings.breaker_reset_timeout
+    assert max(delays) - min(delays) > settings.breaker_reset_timeout / 2, sorted(delays)[:5]
+    # Never past CELERY_MAX_COUNTDOWN: a longer countdown would be refused at retry (tasks/base.py).
+    monkeypatch.setattr(settings, "max_countdown", 12)
+    assert max(external.after_trial(circuit) for _ in range(50)) <= 12

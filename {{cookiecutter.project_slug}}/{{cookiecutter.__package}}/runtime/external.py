@@ -4,8 +4,9 @@ whose state lives in Redis, so every worker process and pod opens and closes it 
 The breaker is pybreaker's (a well-kept implementation of the pattern, with a Redis storage): after
 CELERY_BREAKER_FAIL_MAX retryable failures in a row it opens, calls fail at once with CircuitBreakerError instead of
 reaching the API, and after CELERY_BREAKER_RESET_TIMEOUT seconds the next call is a trial (half-open): success closes
-it, failure opens it again. Only Unavailable (timeouts, connection errors, 5xx, 429) counts; a 4xx other than 429 is
-the caller's mistake and says nothing about the API's health.
+it, failure opens it again. Every failure counts (timeouts, connection errors, 5xx, 429, an unreadable answer, a soft
+time limit cutting the call) except a 4xx other than 429: that is the caller's mistake and says nothing about the
+API's health.
 
 Keys: "<prefix>:breaker:<name>:pybreaker:<field>" (pybreaker's own layout under a namespace), plus
 "<prefix>:breaker:<name>:transitions", a hash of transition counts the exporter reads (metrics.py).
@@ -72,11 +73,13 @@ class _CountTransitions(pybreaker.CircuitBreakerListener):
 def breaker(name: str) -> pybreaker.CircuitBreaker:
     """One breaker object per process and name; the state it reads and writes is shared through Redis."""
     storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, _redis(), namespace=namespace(name))
+    # The exporter lists circuits from this set (one SMEMBERS per scrape, not a SCAN of the whole keyspace).
+    _redis().sadd(f"{settings.key_prefix}:breaker:names", name)
     return pybreaker.CircuitBreaker(
         fail_max=settings.breaker_fail_max,
         reset_timeout=settings.breaker_reset_timeout,
-        # Only these count as failures; anything else (a 4xx, a bug) passes through and counts as a success.
-        exclude=[lambda exc: not isinstance(exc, Unavailable)],
+        # A 4xx (other than 429, which get_json raises as Unavailable) is not a sign of a failing API.
+        exclude=[httpx.HTTPStatusError],
         state_storage=storage,
         listeners=[_CountTransitions()],
         name=name,
@@ -93,11 +96,19 @@ def seconds_until_trial(cb: pybreaker.CircuitBreaker) -> float:
     return max(0.0, opened_at.timestamp() + settings.breaker_reset_timeout - datetime.now(UTC).timestamp())
 
 
+def after_trial(cb: pybreaker.CircuitBreaker) -> float:
+    """When to retry a call the open circuit refused: after the trial time, spread over one more reset window so the
+    waiting tasks do not all come back in the same second. Capped by CELERY_MAX_COUNTDOWN (a longer countdown is
+    refused, tasks/base.py)."""
+    delay = seconds_until_trial(cb) + random.uniform(1.0, max(1.0, float(settings.breaker_reset_timeout)))
+    return min(delay, float(settings.max_countdown))
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Retry-After as seconds: either a number of seconds or an HTTP date (RFC 9110 10.2.3). None if unreadable."""
     if not value:
         return None
-    if value.strip().isdigit():
+    if value.strip().isascii() and value.strip().isdigit():  # ASCII: "²".isdigit() is true, float() refuses it
         return float(value.strip())
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -148,10 +159,9 @@ def circuits() -> dict[str, tuple[str, dict[str, int]]]:
     """Every circuit this project's workers have used: name -> (state, {"closed->open": count, ...}). For the
     exporter: read straight from Redis, so it needs no breaker object of its own."""
     found: dict[str, tuple[str, dict[str, int]]] = {}
-    head = f"{settings.key_prefix}:breaker:"
-    for key in _redis().scan_iter(match=f"{head}*:pybreaker:state", count=100):
-        name = key.decode()[len(head) : -len(":pybreaker:state")]
-        state = (_redis().get(key) or b"closed").decode()
+    for raw in sorted(_redis().smembers(f"{settings.key_prefix}:breaker:names")):
+        name = raw.decode()
+        state = (_redis().get(f"{namespace(name)}:pybreaker:state") or b"closed").decode()
         changes = _redis().hgetall(f"{namespace(name)}:transitions")
         found[name] = (state, {k.decode(): int(v) for k, v in changes.items()})
     return found

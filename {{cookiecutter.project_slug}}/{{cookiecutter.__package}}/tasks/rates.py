@@ -6,6 +6,7 @@ In Kubernetes the workers need an egress rule to reach the API (deploy/k8s/base/
 """
 
 import pybreaker
+import redis
 
 from ..celery_app import app
 from ..config.settings import settings
@@ -33,15 +34,20 @@ def fetch_rate(self, pair: str) -> str:
     if not settings.rates_api_url:
         raise RatesApiNotConfigured("CELERY_RATES_API_URL is not set: set it to your rates API's base URL (.env)")
     url = f"{settings.rates_api_url.rstrip('/')}/rates/{pair}"
-    circuit = external.breaker(BREAKER)
     try:
-        answer = circuit.call(external.get_json, url)
+        circuit = external.breaker(BREAKER)
+        # calling(), not call(): call() holds the breaker's lock for the whole request, one call at a time per process
+        # (the threads pool would run them in turn).
+        with circuit.calling():
+            answer = external.get_json(url)
     except pybreaker.CircuitBreakerError as exc:
-        # Not sent: the API is known to be down. Come back when the circuit lets a trial call through (+ jitter, so the
-        # waiting tasks do not all arrive at once); the worker is free for other tasks meanwhile.
-        countdown = external.seconds_until_trial(circuit) + external.backoff(0)
+        # Not sent: the API is known to be down. Come back after the trial time, spread out (external.after_trial);
+        # the worker is free for other tasks meanwhile.
+        countdown = external.after_trial(circuit)
         raise self.retry(countdown=countdown, exc=CircuitOpen(f"circuit {BREAKER} open: {exc}")) from exc
     except external.Unavailable as exc:
         raise self.retry(countdown=external.backoff(self.request.retries, exc.retry_after), exc=exc) from exc
+    except redis.RedisError as exc:  # the breaker's shared state is unreachable: retry, like a failed call
+        raise self.retry(countdown=external.backoff(self.request.retries), exc=exc) from exc
     # A string: JSON has no Decimal, and a float would round the rate.
     return str(answer["rate"])
