@@ -201,4 +201,5 @@ def test_slow_api_holds_a_worker_only_for_the_read_timeout(stack: BootedProject,
     held = time.time() - arrived
     api.phase = "ok"
     print(f"\nslow API (answers after {SLOW_ANSWER}s): worker let go after {held:.1f}s (read timeout {READ_TIMEOUT}s)")
-    assert state == "RETRY" and held < SLOW_ANSWER, f"the worker waited {held:.1f}s for the slow answer ({state})"
+    # The read timeout, with room for a busy machine, and far from the 30 s the server would make it wait.
+    assert state == "RETRY" and held < READ_TIMEOUT + 10, f"the worker waited {held:.1f}s for the slow answer ({state})"
