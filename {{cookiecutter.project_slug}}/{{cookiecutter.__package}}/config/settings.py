@@ -217,14 +217,14 @@ class Settings(BaseSettings):
     # The external API of the example integration (tasks/rates.py, runtime/external.py). No default: an example URL
     # that resolves would send real traffic somewhere; unset, the task fails at once naming this variable.
     rates_api_url: str | None = None
-    # Seconds to open a connection, and to wait for each read of the answer: a slow or hung API holds a worker at
-    # most this long per attempt, far below task_soft_time_limit (the backstop).
+    # Seconds to open a connection, and to wait for each read of the answer: a hung API lets the worker go after
+    # this; one that trickles its answer is bounded by task_soft_time_limit (README, "Calling an external API").
     rates_api_connect_timeout: float = 3.0
     rates_api_read_timeout: float = 10.0
     # Retries of one call (timeouts, 5xx, 429, and while the circuit is open) before it is dead-lettered.
     rates_api_max_retries: int = 8
     # The circuit breaker (pybreaker, state in Redis, shared by every worker process and pod): this many retryable
-    # failures in a row open it; after breaker_reset_timeout seconds one trial call is let through (half-open).
+    # failures in a row open it; after breaker_reset_timeout seconds trial calls are let through (half-open).
     breaker_fail_max: int = 5
     breaker_reset_timeout: int = 30
 
