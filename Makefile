@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # named per process (tests/conftest.py).
 PYTEST_JOBS ?= 4
 
-.PHONY: help bootstrap demo test test-fast lint clean
+.PHONY: help bootstrap demo test test-fast lint lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ test-fast: bootstrap  ## hooks and render matrix only (seconds)
 lint: bootstrap  ## ruff on the template's own code
 	$(VENV)/bin/ruff check hooks tests tools
 	$(VENV)/bin/ruff format --check hooks tests tools
+
+lock:  ## re-lock the generated project's uv.lock per dependency variant (ARGS=--upgrade: newest pins)
+	TOOLS_ONLY=1 PYTHON=$(PYTHON) VENV=$(VENV) tools/bootstrap.sh
+	$(VENV)/bin/python tools/lock.py $(ARGS)
+	PYTHON=$(PYTHON) VENV=$(VENV) tools/bootstrap.sh
 
 clean:  ## remove rendered demos and caches
 	rm -rf build .pytest_cache .ruff_cache

@@ -13,8 +13,9 @@ from pathlib import Path
 # Every occurrence of this placeholder in a value of .env.example gets its own fresh secret ("admin:change-me" keeps
 # the user name); the settings refuse the placeholder, so a copied .env.example never reaches production.
 PLACEHOLDER = "change-me"
-# Keys cookiecutter adds that describe this machine, not the answers; recording them would leak local paths.
-MACHINE_KEYS = {"_output_dir", "_repo_dir", "_checkout"}
+# Keys that are not answers. cookiecutter's describe this machine: recording them would leak local paths. cruft's
+# `_commit` (the template commit, kept in .cruft.json) would make every `cruft update` rewrite this file.
+NOT_ANSWERS = {"_output_dir", "_repo_dir", "_checkout", "_commit"}
 
 
 def write_env(project: Path) -> Path:
@@ -35,7 +36,7 @@ def write_env(project: Path) -> Path:
 
 
 def record_answers(project: Path, context: dict) -> Path:
-    answers = {key: value for key, value in context.items() if key not in MACHINE_KEYS}
+    answers = {key: value for key, value in context.items() if key not in NOT_ANSWERS}
     # The replay-file shape, so `cookiecutter --replay-file .cookiecutter.json TEMPLATE` re-renders this project.
     path = project / ".cookiecutter.json"
     path.write_text(json.dumps({"cookiecutter": answers}, indent=2, sort_keys=True) + "\n")

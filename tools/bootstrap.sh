@@ -29,8 +29,23 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-# A stamp, so an unchanged requirements file costs nothing on the next run.
-if [ ! -f "$VENV/.requirements.stamp" ] || [ requirements-dev.txt -nt "$VENV/.requirements.stamp" ]; then
+# A stamp, so unchanged requirements and locks cost nothing on the next run.
+PROJECT_TEMPLATE="{{cookiecutter.project_slug}}"
+stamp="$VENV/.requirements.stamp"
+if [ ! -f "$stamp" ] || [ -n "$(find requirements-dev.txt "$PROJECT_TEMPLATE/pyproject.toml" "$PROJECT_TEMPLATE"/*uv.lock* \
+        -newer "$stamp" 2>/dev/null)" ]; then
+    # The template's own tools (uv and cookiecutter among them), then the generated project's dependencies exactly as
+    # its lock has them, with hashes: the boot tier installs each rendered project into this environment.
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements-dev.txt
-    touch "$VENV/.requirements.stamp"
+    # `make lock` needs only the tools: the lock it is about to rewrite may be out of step with pyproject.toml.
+    [ -n "${TOOLS_ONLY:-}" ] && exit 0
+    locked="$VENV/locked-requirements.txt"
+    # --locked inside: a lock out of step with pyproject.toml stops here (re-lock with `make lock`).
+    "$VENV/bin/python" tools/lock.py --export >"$locked"
+    # uv, not pip: it reads only the package index (no local wheel directories whose builds could differ from the
+    # hashed ones). --no-deps: the export already lists every dependency.
+    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --require-hashes --no-deps -r "$locked"
+    "$VENV/bin/python" -m pip check --disable-pip-version-check >/dev/null \
+        || { "$VENV/bin/python" -m pip check; echo "the template's tools conflict with the locked versions" >&2; exit 1; }
+    touch "$stamp"
 fi

@@ -176,13 +176,17 @@ def test_progress_is_seen_from_outside_while_the_task_runs(stack: BootedProject)
 
 
 def test_doctor_and_ops_active_show_a_running_tasks_progress(stack: BootedProject) -> None:
-    calls = [[["quarterly"], {"steps": 10, "step_seconds": 1.0}]]
+    # 20 s of work: on a loaded machine a doctor run takes seconds, and `ops active` must still find the task running.
+    calls = [[["quarterly"], {"steps": 20, "step_seconds": 1.0}]]
     (task_id,) = stack.program("send_tasks", "tasks.catalog", "import_catalog", calls)
     shown = lambda: "% quarterly: step" in doctor(stack, "catalog import running").out  # noqa: E731
     wait_until(shown, timeout=30, what="the import's progress in doctor's running line")
     active = stack.module("ops", "active")
     print(f"\n--- ops active ---\n{active.stdout}")
     assert task_id in active.stdout and "% quarterly: step" in active.stdout
+    # The next tests start from an idle stack.
+    idle = lambda: task_id not in stack.module("ops", "active").stdout  # noqa: E731
+    wait_until(idle, timeout=60, what="the import to finish")
 
 
 def test_broker_stopped_fails_fast_with_one_line(stack: BootedProject) -> None:

@@ -1,32 +1,18 @@
-"""Boot tier: render a project per broker, install it, start real servers and real workers, and run its own suite.
+"""Boot tier: render a project per broker, install it, start real servers and real workers.
 
-What the generated project's tests/test_integration.py proves against these real servers (routing to each queue's
-worker, the chain/group/chord workflow, idempotency under a second delivery, dead-lettering and replay, the health
-check and a clean SIGTERM) is not re-tested here: its suite runs per broker below. Here: what it cannot see from
-inside (the broker's declared queues) and that the suite passes on every variant.
+What the generated project's tests/test_integration.py proves against real servers (routing to each queue's worker,
+the chain/group/chord workflow, idempotency under a second delivery, dead-lettering and replay, the health check and a
+clean SIGTERM) is not re-tested here: tests/boot/test_ci_workflow.py runs that suite per broker, as the project's CI
+workflow runs it. Here: what it cannot see from inside (the broker's declared queues).
 
 Needs redis-server (and rabbitmq-server for broker=rabbitmq): skipped with the reason when missing, failed in CI.
 """
-
-import sys
 
 import pytest
 import services
 from booted import BootedProject
 
 pytestmark = pytest.mark.boot
-# The generated suite's live tests that stand for the scenarios this file used to repeat: each must run and pass on
-# every variant, so dropping one there reopens the gap here.
-COVERED_THERE = (
-    "test_integration.py::test_task_runs_on_the_worker_of_its_queue[orders]",
-    "test_integration.py::test_task_runs_on_the_worker_of_its_queue[notifications]",
-    "test_integration.py::test_task_runs_on_the_worker_of_its_queue[prices]",
-    "test_integration.py::test_workflow_summarizes_and_reports_bad_items",
-    "test_integration.py::test_idempotent_task_acts_once_when_delivered_twice",
-    "test_integration.py::test_bad_payload_is_rejected_recorded_and_not_retried",
-    "test_integration.py::test_dead_letter_replay_sends_the_task_again",
-    "test_integration.py::test_health_check_follows_the_worker",
-)
 
 
 def test_broker_holds_the_declared_queues(booted: BootedProject) -> None:
@@ -44,19 +30,3 @@ def test_broker_holds_the_declared_queues(booted: BootedProject) -> None:
         bindings = booted.program("redis_bindings", booted.queues)
         for queue in booted.queues:
             assert bindings[queue] == [f"{queue}\x06\x16\x06\x16{queue}"], bindings
-
-
-def test_generated_projects_own_tests_pass(booted: BootedProject) -> None:
-    # Its conftest starts its own redis-server (and RabbitMQ node), as it does on a developer's machine: sharing ours
-    # would let these workers take its tasks.
-    env = {"TEST_RUN_DIR": str(booted.logs / "own-tests")}
-    # -rA: a PASSED line per test in the summary, to check the ones standing for the scenarios merged there.
-    argv = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider"]
-    result = booted.run(*argv, env=env, timeout=300)
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    print(f"generated project's tests: {summary}")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in summary and "failed" not in summary and "skipped" not in summary
-    passed = {line.split()[1].rsplit("/", 1)[-1] for line in result.stdout.splitlines() if line.startswith("PASSED ")}
-    missing = sorted(set(COVERED_THERE) - passed)
-    assert not missing, f"not run or not passed in the generated suite: {missing}"

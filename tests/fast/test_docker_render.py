@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import docker_env
@@ -76,8 +77,10 @@ def test_compose_config_resolves_with_and_without_the_dev_override(project: Path
             assert service["command"][0] == "watchfiles" and package in service["command"]
             mounts = {volume["target"]: volume for volume in service["volumes"]}
             assert mounts[f"/app/{package}"]["read_only"] and "/app/.env" not in mounts
-    # The Dockerfile's dev stage installs the watchfiles requirement of the dev extra.
-    assert re.search(r'^    "watchfiles[<>=]', (project / "pyproject.toml").read_text(), re.MULTILINE)
+    # The Dockerfile's dev stage installs the reload extra, which brings watchfiles.
+    extras = tomllib.loads((project / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r for r in extras["reload"] if r.startswith("watchfiles")], extras
+    assert "--extra reload" in (project / "Dockerfile").read_text()
 
 
 def test_images_are_pinned(project: Path) -> None:
@@ -179,9 +182,14 @@ def test_dockerfile_builds_a_lean_non_root_runtime_image(project: Path) -> None:
     assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE), "`docker run IMAGE bin/beat` must run beat"
     assert "PYTHONDONTWRITEBYTECODE=1" in dockerfile and "PYTHONUNBUFFERED=1" in dockerfile
-    # Installed into the venv, not editable: the image does not depend on the source tree it was built from.
-    assert "pip install --no-cache-dir --no-deps ." in dockerfile
-    assert not re.search(r"pip install .*(-e|--editable) ", dockerfile)
+    # Every install is uv's, from the lock (--locked: a lock out of step with pyproject.toml fails the build), without
+    # the dev extra; the project goes into the venv, not editable: the image does not depend on its source tree.
+    installs = re.findall(r"uv (sync|pip|add|lock)\b([^\n]*)", dockerfile)
+    assert installs and all(
+        verb == "sync" and "--locked" in args and "--no-editable" in args for verb, args in installs
+    )
+    assert not re.search(r"--extra dev|--all-extras|pip install (?!--no-cache-dir \"uv==)", dockerfile)
+    assert "COPY pyproject.toml uv.lock ./" in dockerfile
     assert not re.search(r"apt-get|gcc|build-essential", runtime)
 
 
@@ -219,6 +227,7 @@ def test_dockerignore_keeps_secrets_state_and_caches_out(project: Path) -> None:
         assert excluded(patterns, path), f"{path} would enter the build context"
     needed = [
         "pyproject.toml",
+        "uv.lock",
         "README.md",
         "bin/worker",
         f"{package}/config/settings.py",
@@ -234,5 +243,6 @@ def test_dockerignore_keeps_secrets_state_and_caches_out(project: Path) -> None:
 def test_use_docker_n_renders_no_docker_files(tmp_path: Path) -> None:
     project = render(tmp_path, {"use_docker": "n"})
     assert [name for name in DOCKER_FILES if (project / name).exists()] == []
-    assert "watchfiles" not in (project / "pyproject.toml").read_text()
+    # The dependency set does not change with use_docker: one lock serves both (watchfiles stays in the reload extra).
+    assert "watchfiles" in (project / "pyproject.toml").read_text()
     assert "docker compose" not in (project / "README.md").read_text()

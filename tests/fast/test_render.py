@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from template import LONGEST, PLACEHOLDER, ROOT, SUPPORTED, UNSUPPORTED, case_id
 # in the output is a template bug.
 LEFTOVER = re.compile(r"\{\{\s*cookiecutter|\{%|%\}|\{#|cookiecutter\.__")
 RUFF = [sys.executable, "-m", "ruff"]
+UV = str(Path(sys.executable).with_name("uv"))
 
 
 @pytest.fixture(scope="module", params=SUPPORTED, ids=case_id)
@@ -48,7 +50,7 @@ def test_python_files_compile(project: Path) -> None:
 def test_config_files_parse(project: Path) -> None:
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     dependencies = " ".join(pyproject["project"]["dependencies"])
-    assert "celery[redis]>=5.7,<5.8" in dependencies and "redis>=6.0,<9" in dependencies
+    assert "celery[redis]>=5.7,<5.8" in dependencies and "redis>=8.1,<8.2" in dependencies
     assert pyproject["project"]["requires-python"] == ">=3.11"
     answers = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     assert answers["project_slug"] == project.name and "_output_dir" not in answers
@@ -88,16 +90,40 @@ def test_start_scripts_follow_the_convention(project: Path) -> None:
         subprocess.run(["bash", "-n", str(script)], check=True)
 
 
-def test_wheel_holds_the_runtime_package_only(project: Path) -> None:
-    """pyproject's package list: the package and its rooms; devtools/ (make dev, bench, fault tasks) stays out."""
-    from setuptools import find_packages
-
+def test_wheel_holds_the_runtime_package_only(project: Path, tmp_path: Path) -> None:
+    """The wheel uv builds (its own backend, offline): the package and its rooms; devtools/ and tests/ stay out."""
     package = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]["__package"]
-    find = tomllib.loads((project / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    packages = set(find_packages(where=project, include=find["include"]))
-    assert {f"{package}.{room}" for room in ("config", "tasks", "runtime", "ops")} <= packages
-    assert not {name for name in packages if name.split(".")[0] != package}, packages
+    build = [UV, "build", "--wheel", "--offline", "--quiet", "--out-dir", str(tmp_path)]
+    subprocess.run(build, cwd=project, check=True, capture_output=True)
+    with zipfile.ZipFile(next(tmp_path.glob("*.whl"))) as wheel:
+        tops = {name.split("/")[0] for name in wheel.namelist()}
+        modules = {name.rsplit("/", 1)[0] for name in wheel.namelist() if name.endswith(".py")}
+    assert {f"{package}/{room}" for room in ("config", "tasks", "runtime", "ops")} <= modules
+    assert tops == {package, f"{package}-0.1.0.dist-info"}, tops
     assert (project / "devtools" / "diagnostics.py").exists()
+
+
+# The dependency set each `__deps` value rendered first; every other answer set with that value must match it.
+DEPENDENCY_SETS: dict[str, dict] = {}
+
+
+def test_only_the_deps_answers_change_the_dependency_set(project: Path) -> None:
+    """One lock per `__deps` value is enough only if no other answer (broker, Python, Docker...) changes the set."""
+    deps = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]["__deps"]
+    table = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    # The dev extra names the project itself (its reload extra): compare with the name taken out.
+    extras = {
+        name: [r.replace(table["name"], "PROJECT") for r in reqs]
+        for name, reqs in table["optional-dependencies"].items()
+    }
+    found = {"dependencies": table["dependencies"], "extras": extras}
+    assert DEPENDENCY_SETS.setdefault(deps, found) == found, f"{project.name}: add the answer that differs to __deps"
+
+
+def test_lock_is_in_step_with_pyproject(project: Path) -> None:
+    """Every answer set of the matrix renders a uv.lock that `uv lock --check` accepts, with no network."""
+    check = subprocess.run([UV, "lock", "--check", "--offline"], cwd=project, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
 
 
 def test_replay_file_rerenders_the_same_project(project: Path, tmp_path: Path) -> None:
@@ -174,3 +200,28 @@ def test_a_name_without_a_valid_slug_is_refused_in_the_hook(
     assert list(tmp_path.iterdir()) == []
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
     assert any(message in line for line in errors), errors
+
+
+# An action pinned to an exact release (v1.2.3) or a full commit SHA: never a moving major tag or a branch.
+PINNED_ACTION = re.compile(r"^[\w.-]+/[\w.-]+@(v\d+\.\d+\.\d+|[0-9a-f]{40})$")
+
+
+def test_ci_workflow_is_valid_and_follows_the_answers(project: Path) -> None:
+    """The generated GitHub Actions workflow matches GitHub's schema and has the jobs and services its answers need.
+    tests/boot/test_ci_workflow.py runs its steps."""
+    import yaml
+
+    workflow = project / ".github" / "workflows" / "ci.yml"
+    argv = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(workflow)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    answers = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
+    jobs = yaml.safe_load(workflow.read_text())["jobs"]
+    expected = {"lint", "typecheck", "test"}
+    expected |= {"docker"} if answers["use_docker"] == "y" else set()
+    expected |= {"kubernetes"} if answers["use_kubernetes"] == "y" else set()
+    assert set(jobs) == expected
+    assert set(jobs["test"]["services"]) == ({"redis", "rabbitmq"} if answers["broker"] == "rabbitmq" else {"redis"})
+    assert yaml.safe_load(workflow.read_text())["env"]["UV_PYTHON"] == answers["python_version"]
+    uses = [step["uses"] for job in jobs.values() for step in job["steps"] if "uses" in step]
+    assert uses and all(PINNED_ACTION.match(action) for action in uses), uses

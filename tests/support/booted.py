@@ -143,6 +143,10 @@ def project_env(path: Path, redis_url: str, broker_url: str | None) -> dict[str,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ENVIRONMENT": "development",
         "REDIS_URL": redis_url,
+        # This project's root first on sys.path: every rendered project is installed editable into this one venv, and
+        # uv's backend puts each project's root on sys.path (a .pth file), so another project's devtools/ would be found
+        # first (and its celery_app imported beside this one's). A user's venv holds one project: nothing to do there.
+        "PYTHONPATH": str(path),
         # The fault-drill tasks (devtools/, not in the wheel): workers import them only when asked to.
         "CELERY_EXTRA_TASK_MODULES": "devtools.diagnostics",
     }
@@ -152,16 +156,18 @@ def project_env(path: Path, redis_url: str, broker_url: str | None) -> dict[str,
 
 
 def install(path: Path) -> None:
-    """pip install -e the rendered project: proves its pyproject installs; dependencies are already in this venv."""
+    """Install the rendered project, editable: proves its pyproject builds. Its dependencies are already in this venv,
+    from the lock (tools/bootstrap.sh): --no-deps adds nothing unlocked. uv builds it with its own backend, offline."""
     subprocess.run(
         [
-            sys.executable,
-            "-m",
+            VENV_BIN + "/uv",
             "pip",
             "install",
             "--quiet",
-            "--no-build-isolation",
-            "--disable-pip-version-check",
+            "--offline",
+            "--no-deps",
+            "--python",
+            sys.executable,
             "-e",
             str(path),
         ],

@@ -6,10 +6,12 @@ The test matrix is derived from cookiecutter.json: a new choice gets render, lin
 import importlib.util
 import itertools
 import json
+import re
 import zoneinfo
 from pathlib import Path
 from types import ModuleType
 
+import jinja2
 from cookiecutter.main import cookiecutter
 
 ROOT = Path(__file__).resolve().parents[2]  # tests/support/template.py -> the template repository
@@ -28,6 +30,29 @@ PLACEHOLDER = load_hook("post_gen_project").PLACEHOLDER
 OPTIONS = json.loads((ROOT / "cookiecutter.json").read_text())
 # Choice options are the lists; the first item is the default.
 CHOICES = {name: values for name, values in OPTIONS.items() if isinstance(values, list) and not name.startswith("_")}
+
+# The answers that change the generated project's dependency set: those the derived `__deps` key is made of. One
+# uv.lock per combination sits in the template (tools/lock.py writes them; tests/fast/test_lock.py checks them), each
+# under a conditional file name that renders to `uv.lock` in its own combination only.
+DEPS_OPTIONS = tuple(re.findall(r"cookiecutter\.(\w+)", OPTIONS["__deps"]))
+DEPS_VARIANTS: list[dict[str, str]] = [
+    dict(zip(DEPS_OPTIONS, combo, strict=True))
+    for combo in itertools.product(*(CHOICES[name] for name in DEPS_OPTIONS))
+]
+# The project name the template's locks are made with; it stands as `{{ cookiecutter.project_slug }}` in them.
+LOCK_SLUG = "lock-source"
+
+
+def deps_key(answers: dict[str, str]) -> str:
+    """The `__deps` value of these answers, e.g. flower-y-web-n."""
+    return jinja2.Template(OPTIONS["__deps"]).render(cookiecutter=answers)
+
+
+def lock_template(answers: dict[str, str]) -> Path:
+    """The template file that renders to the project's uv.lock for these answers."""
+    name = f'{{% if cookiecutter.__deps == "{deps_key(answers)}" %}}uv.lock{{% endif %}}'
+    return ROOT / "{{cookiecutter.project_slug}}" / name
+
 
 # Options whose every combination is rendered; each value of the other choices is rendered once, with the rest at
 # their defaults (the full product would be hundreds of renders for little extra coverage).

@@ -45,7 +45,7 @@ class Bench:
         self.started += setup.workers
         return [Worker.start(setup, f"bench{self.started - i}", self.work, self.url) for i in range(setup.workers)]
 
-    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(argv, env=env, cwd=self.work, capture_output=True, text=True, check=False)
         if out.returncode:
             raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
@@ -141,6 +141,7 @@ class Bench:
                     raise RuntimeError(f"{setup.label}: task events {'on' if events else 'off'}; log in {self.work}")
             celery_cli = [str(BIN / "celery"), "--app", f"{__package__}.bench_apps", "control"]
             env = setup.environ(self.url)
+            assert setup.queue, "a Flower setup names its queue"  # for mypy too: queue is optional in Setup
             self.run([*celery_cli, "cancel_consumer", setup.queue, "-d", workers[0].node], env)
             self.publish(setup, "noop", count)
             self.run([*celery_cli, "add_consumer", setup.queue, "-d", workers[0].node], env)
@@ -341,10 +342,10 @@ def report(
     letters = f"{dead_letters} dead letters (an order payload each)"
     per_entry = f"{med('dl keys') / dead_letters:.0f} bytes per entry (hash + index)"
     for name, key in ("record", "dl record"), ("replay --all", "dl replay"):
-        value = f"{cell(key, 2)}; {med(key) * 1000 / dead_letters:.2f} ms per entry"
-        rows.append((f"dead letters: {name}, s", letters, value))
-    memory = " / ".join(f"{med(f'dl memory {name}'):.1f}" for name in ("before", "holding", "after"))
-    rows.append(("dead letters: Redis used_memory MB, before / holding them / after replay", letters, memory))
+        timing = f"{cell(key, 2)}; {med(key) * 1000 / dead_letters:.2f} ms per entry"
+        rows.append((f"dead letters: {name}, s", letters, timing))
+    used = " / ".join(f"{med(f'dl memory {name}'):.1f}" for name in ("before", "holding", "after"))
+    rows.append(("dead letters: Redis used_memory MB, before / holding them / after replay", letters, used))
     rows.append(("dead letters: memory of their keys", letters, per_entry))
     runs = f"{tasks} no-op tasks per throughput run, {rounds} round(s) alternating between setups; median (min-max)."
     header = [f"Machine: {machine}.", runs, "", "| measurement | setup | result |", "| --- | --- | --- |"]

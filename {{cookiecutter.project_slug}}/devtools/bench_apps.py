@@ -19,6 +19,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import redis
 from celery import Celery
@@ -37,7 +38,7 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
 
 
-def _django_app(url: str) -> Celery:
+def _django_app(url: str) -> Celery[Any]:
     app = Celery("bench_django", broker=url)
     app.conf.update(result_backend=url, result_extended=True, result_backend_always_retry=True)
     app.conf.update(result_backend_max_retries=10, accept_content=["json"], task_serializer="json")
@@ -53,9 +54,9 @@ def _django_app(url: str) -> Celery:
     return app
 
 
-def _build(profile: str) -> Celery:
+def _build(profile: str) -> Celery[Any]:
     """The app of the profile, with the bench tasks registered on it."""
-    url, options = os.environ["BENCH_REDIS_URL"], {}
+    url, options = os.environ["BENCH_REDIS_URL"], dict[str, Any]()
     if profile == "generated":
         from {{ cookiecutter.__package }}.celery_app import app
         from {{ cookiecutter.__package }}.config.queues import DEFAULT_QUEUE
@@ -87,9 +88,9 @@ def _build(profile: str) -> Celery:
     return app
 
 
-def publish(app: Celery, task: str, count: int, interval: float, queue: str | None, seconds: float) -> float:
+def publish(app: Celery[Any], task: str, count: int, interval: float, queue: str | None, seconds: float) -> float:
     """Publish `count` tasks, one every `interval` seconds if > 0; returns the seconds it took."""
-    options = {"queue": queue} if queue else {}
+    options: dict[str, Any] = {"queue": queue} if queue else {}
     started = next_at = time.perf_counter()
     for _ in range(count):
         args = {"noop": (), "sleep": (seconds,), "stamp": (time.time(),)}[task]
@@ -140,7 +141,7 @@ RESULTS = {"task_ignore_result": False}  # what a task with `ignore_result=False
 EVENTS = {"worker_send_task_events": True}  # what a worker sends once Flower has enabled events
 
 # --settings: one setting changed from the generated configuration, through BENCH_CONF, the environment or a flag.
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "results stored (ignore_result=False)": {"conf": _conf(**RESULTS)},
     "results stored, result_extended on": {"conf": _conf(**RESULTS, result_extended=True)},
     "results stored, task_track_started off": {"conf": _conf(**RESULTS, task_track_started=False)},
@@ -215,7 +216,7 @@ def _mb(pid: int, field: str, name: str = "status") -> float:
 class Worker:
     """A process in its own session, stopped by its process group."""
 
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     log: Path
     node: str = ""
 

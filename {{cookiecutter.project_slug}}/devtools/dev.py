@@ -59,7 +59,7 @@ def start_servers(env: dict[str, str]) -> list[devservers.Server]:
     return servers
 
 
-def _start(name: str, script: str, env: dict[str, str]) -> subprocess.Popen:
+def _start(name: str, script: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = RUN_DIR / f"{name}.log"
     print(f"  {name:<22} bin/{script:<7} log={log.relative_to(PROJECT)}")
     # Output to a file per process: several interleaved Celery logs on one terminal are unreadable.
@@ -69,7 +69,7 @@ def _start(name: str, script: str, env: dict[str, str]) -> subprocess.Popen:
         )
 
 
-def start_processes(env: dict[str, str]) -> dict[str, subprocess.Popen]:
+def start_processes(env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
     """One worker per queue (the production layout, so routing problems show up here too), and beat."""
     queues = [q.strip() for q in env["CELERY_QUEUES"].split(",")] if "CELERY_QUEUES" in env else DEFAULT_QUEUES
     procs = {}
@@ -79,7 +79,7 @@ def start_processes(env: dict[str, str]) -> dict[str, subprocess.Popen]:
     return procs
 
 
-def stop_processes(procs: dict[str, subprocess.Popen], timeout: float = 60) -> None:
+def stop_processes(procs: dict[str, subprocess.Popen[bytes]], timeout: float = 60) -> None:
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish

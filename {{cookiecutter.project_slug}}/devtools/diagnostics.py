@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from typing import Any
 
 from celery import Task
 from celery.utils.log import get_task_logger
@@ -35,7 +36,7 @@ def record_run(key: str, seconds: float = 0.0) -> str:
 
 # Stores its result: drills wait for it with .get().
 @app.task(bind=True, ignore_result=False, max_retries=10)
-def record_once(self: Task, key: str, seconds: float = 0.0) -> str:
+def record_once(self: Task[Any, Any], key: str, seconds: float = 0.0) -> str:
     """record_run's idempotent twin: appends its entry to runs_key() once per key however often it is delivered,
     then works on for `seconds` (the window in which a lost connection leaves the message unacknowledged)."""
 
@@ -53,7 +54,7 @@ def record_once(self: Task, key: str, seconds: float = 0.0) -> str:
 
 # Not retried by Celery: every run is an attempt that the poison-message bound counts (tasks/base.py).
 @app.task(bind=True)
-def lose_worker(self, key: str) -> None:
+def lose_worker(self: Task[Any, Any], key: str) -> None:
     """Record a run like record_run, then SIGKILL the pool process running it: an OOM kill or a segfault in a C
     extension, reproduced. The worker's main process lives on and replaces the pool process.
 
@@ -64,3 +65,17 @@ def lose_worker(self, key: str) -> None:
     logger.warning("lose_worker %s: killing pool process %d", key[:80], os.getpid())
     redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DrillFailure(RuntimeError):
+    """The error fail_after_retries raises on every run."""
+
+
+@app.task(bind=True, max_retries=2)
+def fail_after_retries(self: Task[Any, Any], key: str) -> None:
+    """Record a run like record_run, then fail; retried max_retries times 1 s apart, then a final failure (a dead
+    letter). What an error tracker should report once, not once per attempt."""
+    redis_store.client().rpush(runs_key(), json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}))
+    attempt = self.request.retries + 1
+    # retry() raises Retry while retries are left, then the DrillFailure itself (the final failure).
+    raise self.retry(countdown=1, exc=DrillFailure(f"drill failure {key} on attempt {attempt}"))

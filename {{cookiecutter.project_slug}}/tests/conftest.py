@@ -11,20 +11,26 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
-_servers = []
+_servers: list[Any] = []  # devservers.Server objects, stopped at the end
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from devtools import devservers
 
     run_dir = Path(os.environ.get("TEST_RUN_DIR", PROJECT / ".run" / f"test-{os.getpid()}"))
-    redis = devservers.start_redis(run_dir / "redis", devservers.free_port())
-    _servers.append(redis)
-    os.environ["REDIS_URL"] = redis.url
+    # An existing Redis (TEST_REDIS_URL: CI's service container) is reused; otherwise start one of our own. Not
+    # REDIS_URL: a developer's .env points that at their dev Redis, which the tests must leave alone.
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not redis_url:
+        redis = devservers.start_redis(run_dir / "redis", devservers.free_port())
+        _servers.append(redis)
+        redis_url = redis.url
+    os.environ["REDIS_URL"] = redis_url
 {%- if cookiecutter.broker == "rabbitmq" %}
     # An existing broker (TEST_BROKER_URL) is reused; otherwise start a node of our own (about 5-10 s).
     broker_url = os.environ.get("TEST_BROKER_URL")

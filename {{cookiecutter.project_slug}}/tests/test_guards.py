@@ -162,8 +162,9 @@ def test_retry_without_a_countdown_checks_the_default_delay(monkeypatch: pytest.
 @pytest.mark.parametrize("attribute", ["default_retry_delay", "retry_backoff_max"])
 def test_a_task_with_a_retry_delay_beyond_the_limit_is_refused_when_defined(attribute: str) -> None:
     with pytest.raises(base.CountdownTooLong, match=rf"{attribute}=\d+ is over the .*CELERY_MAX_COUNTDOWN"):
+        options: dict[str, Any] = {attribute: settings.max_countdown + 1}
 
-        @app.task(shared=False, lazy=False, **{attribute: settings.max_countdown + 1})
+        @app.task(shared=False, lazy=False, **options)
         def too_patient() -> None: ...
 
 
@@ -172,7 +173,7 @@ def test_every_tasks_retry_delays_fit_the_limit() -> None:
     for name, task in app.tasks.items():
         if name.startswith("{{ cookiecutter.__package }}."):
             assert task.default_retry_delay <= settings.max_countdown, name
-            assert task.retry_backoff_max <= settings.max_countdown, name
+            assert getattr(task, "retry_backoff_max", 0) <= settings.max_countdown, name  # set by autoretry
 
 
 def test_the_worker_refuses_a_message_with_an_eta_beyond_the_limit() -> None:

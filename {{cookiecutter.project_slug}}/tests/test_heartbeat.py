@@ -29,7 +29,9 @@ def health(heartbeat, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_touch_writes_time_and_state(tmp_path) -> None:
     touch(tmp_path / "hb", WAITING_FOR_BROKER)
-    age, state = read_heartbeat(tmp_path / "hb")
+    stamp = read_heartbeat(tmp_path / "hb")
+    assert stamp is not None
+    age, state = stamp
     assert -1 < age < 5 and state == WAITING_FOR_BROKER  # the stamp is rounded to the millisecond
     assert not (tmp_path / "hb.tmp").exists(), "written through a temporary file, renamed over the heartbeat"
 
@@ -52,7 +54,9 @@ def failing_consumer(monkeypatch: pytest.MonkeyPatch, heartbeat) -> tuple[Heartb
         port = unused.getsockname()[1]
     # Celery's Consumer.__init__ needs a whole worker; ensure_connected only reads these.
     consumer = HeartbeatConsumer.__new__(HeartbeatConsumer)
-    consumer.app, consumer.first_connection_attempt, consumer.broker_connection_retry_attempt = app, True, 0
+    # The stubs type Consumer.app as a Celery of plain Tasks; this app's task class is DeadLetterTask.
+    consumer.app = app  # type: ignore[assignment]
+    consumer.first_connection_attempt, consumer.broker_connection_retry_attempt = True, 0
     return consumer, Connection(f"redis://127.0.0.1:{port}/0"), states
 
 

@@ -33,7 +33,12 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     purged: dict[str, list] = {"queues": []}
     monkeypatch.setattr(ops, "_check_broker", lambda app: None)
     monkeypatch.setattr(ops, "queue_depths", lambda app, names=None: {name: 5 for name in names or settings.queues})
-    monkeypatch.setattr(ops, "purge_queue", lambda app, name: purged["queues"].append(name) or 5)
+
+    def purge(app: object, name: str) -> int:
+        purged["queues"].append(name)
+        return 5
+
+    monkeypatch.setattr(ops, "purge_queue", purge)
     return purged
 
 
@@ -112,7 +117,12 @@ def test_unreachable_broker_is_named_without_its_password(
 def test_deadletters_subcommands_reach_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[object] = []
     monkeypatch.setattr(deadletters, "migrate_legacy", lambda: None)
-    monkeypatch.setattr(deadletters, "replay_all", lambda app: seen.append(app) or 0)
+
+    def replay_all(app: object) -> int:
+        seen.append(app)
+        return 0
+
+    monkeypatch.setattr(deadletters, "replay_all", replay_all)
     assert ops.main(app, ["deadletters", "replay", "--all"]) == 0
     assert seen == [app]
 

@@ -1,5 +1,7 @@
 """Settings validation: bad configuration fails at start with a message that says what to fix."""
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -21,7 +23,7 @@ J08XJxgcasME
 """
 
 
-def make(**overrides: object) -> Settings:
+def make(**overrides: Any) -> Settings:
     # _env_file=None: only what the test passes (and the environment) counts, not the project's .env.
     return Settings(_env_file=None, **overrides)
 
@@ -143,6 +145,20 @@ def test_unknown_timezone_is_refused() -> None:
         make(timezone="Mars/Olympus")
 
 
+def test_a_bad_sentry_dsn_is_refused_with_where_to_find_the_right_one() -> None:
+    with pytest.raises(ValidationError, match=r"SENTRY_DSN is not a Sentry DSN .*Client Keys"):
+        make(sentry_dsn="not-a-dsn")
+
+
+def test_an_empty_sentry_dsn_turns_error_tracking_off() -> None:
+    assert make(sentry_dsn="").sentry_dsn is None
+
+
+def test_sentry_sample_rate_is_a_share() -> None:
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        make(sentry_sample_rate=2)
+
+
 def test_placeholder_secret_is_refused_in_production() -> None:
     with pytest.raises(ValidationError, match="placeholder secret"):
         make(environment="production", redis_url="redis://:change-me@redis:6379/0")
@@ -237,7 +253,8 @@ def test_verification_off_only_with_the_loud_setting() -> None:
     import ssl
 
     settings = make(redis_url="rediss://redis.example.com:6380/0?ssl_cert_reqs=none", ssl_insecure_skip_verify=True)
-    assert settings.redis_ssl(settings.redis_url)["ssl_cert_reqs"] == ssl.CERT_NONE
+    tls = settings.redis_ssl(settings.redis_url)
+    assert tls is not None and tls["ssl_cert_reqs"] == ssl.CERT_NONE
 
 
 def test_missing_ca_bundle_is_refused(tmp_path) -> None:
@@ -290,5 +307,5 @@ def test_results_and_broker_keys_carry_the_key_prefix() -> None:
             assert db.llen(f"{prefix}{name}") == 1
             assert db.exists(name, f"_kombu.binding.{name}") == 0
         finally:
-            connection.default_channel.queue_delete(name)
+            connection.default_channel.queue_delete(name)  # type: ignore[attr-defined]  # stubs: StdChannel
 {%- endif %}

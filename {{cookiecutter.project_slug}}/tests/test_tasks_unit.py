@@ -1,8 +1,10 @@
 """Task logic in isolation (fakeredis, direct calls): fast checks of the patterns. Integration tests prove them live."""
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from types import SimpleNamespace
+from typing import Any
 
 import fakeredis
 import pytest
@@ -100,14 +102,14 @@ def test_mark_done_rides_out_a_redis_blip(fake_redis: fakeredis.FakeRedis, monke
     failures = iter([redis.ConnectionError("blip")])
     real = fake_redis.evalsha
 
-    def flaky(*args: object, **kwargs: object) -> object:
+    def flaky(*args: Any, **kwargs: Any) -> Any:
         exc = next(failures, None)
         if exc:
             raise exc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fake_redis, "evalsha", flaky)
-    monkeypatch.setattr(idempotency.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
     idempotency.claim("k", "t1", lock_ttl=60)
     assert idempotency.mark_done("k", "t1", give_up_after=60) is True
     assert idempotency.claim("k", "t2", lock_ttl=60) is idempotency.Claim.DONE
@@ -120,7 +122,7 @@ def test_mark_done_gives_up_loudly(
         raise redis.ConnectionError("down")
 
     monkeypatch.setattr(fake_redis, "evalsha", down)
-    monkeypatch.setattr(idempotency.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
     with pytest.raises(redis.ConnectionError):
         idempotency.mark_done("k", "t1", give_up_after=0)
     assert any(record.levelname == "CRITICAL" for record in caplog.records)
@@ -128,7 +130,7 @@ def test_mark_done_gives_up_loudly(
 
 def test_the_claim_outlives_the_tasks_own_hard_time_limit(fake_redis: fakeredis.FakeRedis) -> None:
     @app.task(bind=True, time_limit=900, soft_time_limit=800, shared=False)
-    def slow(self: Task) -> int:
+    def slow(self: Task[Any, Any]) -> int:
         return idempotency.lock_ttl(self)
 
     # A per-task limit above the project's: the claim must still outlive the run.
@@ -140,15 +142,15 @@ def test_the_claim_outlives_the_tasks_own_hard_time_limit(fake_redis: fakeredis.
     finally:
         slow.pop_request()
     assert idempotency.lock_ttl(send_receipt) == settings.task_time_limit + idempotency.LOCK_MARGIN
-    assert send_receipt.apply(args=["o-ttl"]).get() == "sent"
+    assert send_receipt.apply(args=("o-ttl",)).get() == "sent"
     ttl_key = redis_store.key("idempotency", "send_receipt:o-ttl")
     # "done" keeps the long TTL, not the claim's.
     assert settings.idempotency_ttl - 5 <= fake_redis.ttl(ttl_key) <= settings.idempotency_ttl
 
 
 def test_send_receipt_acts_once_and_waits_for_a_busy_claim(fake_redis: fakeredis.FakeRedis) -> None:
-    assert send_receipt.apply(args=["o-1"]).get() == "sent"
-    assert send_receipt.apply(args=["o-1"]).get() == "skipped: already sent"
+    assert send_receipt.apply(args=("o-1",)).get() == "sent"
+    assert send_receipt.apply(args=("o-1",)).get() == "skipped: already sent"
     assert fake_redis.lrange(redis_store.key("outbox", "receipts"), 0, -1) == ["o-1"]
     # Another delivery holds the claim: this one retries later instead of sending.
     idempotency.claim("send_receipt:o-2", "other", lock_ttl=60)
@@ -201,7 +203,7 @@ def test_fetch_price_retries_transient_errors_then_succeeds(monkeypatch: pytest.
 
     monkeypatch.setattr(prices, "quote", flaky)
     # apply() runs in this process and performs the retries synchronously.
-    assert prices.fetch_price.apply(args=["EURUSD"]).get() == "1.10"
+    assert prices.fetch_price.apply(args=("EURUSD",)).get() == "1.10"
     assert len(calls) == 3
 
 
@@ -213,7 +215,7 @@ def test_fetch_price_does_not_retry_bugs(monkeypatch: pytest.MonkeyPatch, fake_r
         raise TypeError("bug")
 
     monkeypatch.setattr(prices, "quote", broken)
-    result = prices.fetch_price.apply(args=["EURUSD"])
+    result = prices.fetch_price.apply(args=("EURUSD",))
     assert result.failed() and len(calls) == 1
 
 

@@ -6,9 +6,11 @@ from . import tasks
 from .config.settings import settings
 from .runtime import broker_{{ cookiecutter.broker }} as broker  # the broker's part, chosen by file name
 from .runtime import control as _control  # noqa: F401  (registers the inspect command `ops doctor` asks)
+from .runtime import errors as _errors  # noqa: F401  (Sentry, if SENTRY_DSN is set: set up at worker and beat start)
 from .runtime import logs
 from .runtime import signals as _signals  # noqa: F401  (connects the handlers that dead-letter refused messages)
 from .runtime import task_log as _task_log  # noqa: F401  (connects its signal handlers)
+from .runtime import tracing as _tracing  # noqa: F401  (OpenTelemetry, if OTEL_EXPORTER_OTLP_ENDPOINT is set)
 from .runtime.worker_steps import HeartbeatStep, QueuePrefetchStep
 from .tasks.base import DeadLetterTask
 

@@ -10,6 +10,7 @@ Exit 0 when healthy, 1 with a one-line reason otherwise. Deliberately cheap: no 
 
 import sys
 import time
+from collections.abc import Callable
 
 from .runtime.heartbeat import WAITING_FOR_BROKER, heartbeat_file, heartbeat_stale_after, read_heartbeat
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready", action="store_true", help="worker: also connected to the broker now")
     parser.add_argument("--wait", type=float, default=0, help="broker: keep trying this many seconds")
     args = parser.parse_args(argv)
-    checks = {
+    checks: dict[str, Callable[[], str | None]] = {
         "worker": lambda: check_worker(args.max_age, args.ready),
         "beat": check_beat,
         "broker": lambda: check_broker(args.wait),

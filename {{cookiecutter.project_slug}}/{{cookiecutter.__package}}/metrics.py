@@ -28,7 +28,7 @@ import sys
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from celery import Celery
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics, start_http_server
@@ -48,7 +48,7 @@ logger = logging.getLogger(f"{PREFIX}.metrics")  # not __name__, which is "__mai
 class QueueDepthCollector(Collector):
     """Reads queue depths from the broker when Prometheus scrapes, so the value is never stale."""
 
-    def __init__(self, app: Celery, prefix: str = PREFIX) -> None:
+    def __init__(self, app: Celery[Any], prefix: str = PREFIX) -> None:
         self.app = app
         self.prefix = prefix
 
@@ -89,9 +89,9 @@ class TaskCountersCollector(Collector):
     def __init__(self, prefix: str = PREFIX) -> None:
         self.prefix = prefix
 
-    def _families(self) -> dict[str, Metric]:
+    def _families(self) -> tuple[dict[str, CounterMetricFamily], HistogramMetricFamily, GaugeMetricFamily]:
         labels = ["task", "queue"]
-        families: dict[str, Metric] = {
+        counters = {
             kind: CounterMetricFamily(f"{self.prefix}_task_{kind}", text, labels=labels)
             for kind, text in self.COUNTERS.items()
         }
@@ -99,21 +99,22 @@ class TaskCountersCollector(Collector):
             f"{self.prefix}_task_runtime_seconds", "Runtime of successful runs", labels=labels
         )
         up = GaugeMetricFamily(f"{self.prefix}_exporter_redis_up", "1 if Redis answered the task counter read")
-        return {**families, "runtime": runtime, "up": up}
+        return counters, runtime, up
 
     def describe(self) -> Iterator[Metric]:
-        yield from self._families().values()  # names only: registration must not reach Redis
+        counters, runtime, up = self._families()  # names only: registration must not reach Redis
+        yield from (*counters.values(), runtime, up)
 
     def collect(self) -> Iterator[Metric]:
-        families = self._families()
+        families, runtime, up = self._families()
         try:
             counters = task_counters.read()
         except Exception as exc:  # the scrape must still answer, with redis_up 0
             logger.warning("task counter read failed: %s: %s", type(exc).__name__, exc)
-            families["up"].add_metric([], 0)
-            yield families["up"]
+            up.add_metric([], 0)
+            yield up
             return
-        families["up"].add_metric([], 1)
+        up.add_metric([], 1)
         runs: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
         for (kind, task, queue), count in sorted(counters.items()):
             if kind in self.COUNTERS:
@@ -126,8 +127,8 @@ class TaskCountersCollector(Collector):
             for bound in [*map(str, task_counters.BUCKETS), "+Inf"]:
                 total += parts.get(f"le={bound}", 0.0)
                 buckets.append((bound, total))
-            families["runtime"].add_metric(list(labels), buckets, parts.get("runtime_sum", 0.0))
-        yield from families.values()
+            runtime.add_metric(list(labels), buckets, parts.get("runtime_sum", 0.0))
+        yield from (*families.values(), runtime, up)
 
 
 class CircuitCollector(Collector):
@@ -164,7 +165,7 @@ class CircuitCollector(Collector):
         yield transitions
 
 
-def register(app: Celery, registry: CollectorRegistry = REGISTRY, prefix: str = PREFIX) -> CollectorRegistry:
+def register(app: Celery[Any], registry: CollectorRegistry = REGISTRY, prefix: str = PREFIX) -> CollectorRegistry:
     """The exporter's collectors, on `registry`."""
     registry.register(QueueDepthCollector(app, prefix))
     registry.register(TaskCountersCollector(prefix))
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=os.environ.get("METRICS_ADDRESS", "127.0.0.1"))
     args = parser.parse_args(argv)
     logs.configure(settings.log_format)
-    disable_created_metrics()  # no `_created` series next to every counter: Prometheus does not need them
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus-client; no `_created` series next to every counter: Prometheus does not need them
     register(celery_app)
     try:
         server, _ = start_http_server(args.port, args.address)

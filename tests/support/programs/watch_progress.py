@@ -13,8 +13,11 @@ result = getattr(module(where), name).delay(**kwargs)
 seen: list[list] = []
 deadline = time.monotonic() + 60
 while not result.ready() and time.monotonic() < deadline:
-    info = result.info
-    step = [result.state, info.get("percent") if isinstance(info, dict) else None]
+    # One backend read for state and meta together: reading result.state then result.info is two reads, and the task
+    # can finish between them (a PROGRESS state paired with the final result's meta).
+    meta = result.backend.get_task_meta(result.id)
+    info = meta.get("result")
+    step = [meta["status"], info.get("percent") if isinstance(info, dict) else None]
     if not seen or seen[-1] != step:
         seen.append(step)
     time.sleep(0.2)

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 # The broker's part, chosen by file name (one of the two exists in a project).
 {% if cookiecutter.broker == "rabbitmq" -%}
-from .queues_rabbitmq import DEAD_LETTER_QUEUES, declare, exchange_name  # noqa: F401  (DEAD_LETTER_QUEUES: re-exported)
+from .queues_rabbitmq import DEAD_LETTER_QUEUES as DEAD_LETTER_QUEUES  # re-exported (the "as" says so to mypy)
+from .queues_rabbitmq import declare, exchange_name
 {%- else -%}
-from .queues_redis import DEAD_LETTER_QUEUES, declare, exchange_name  # noqa: F401  (DEAD_LETTER_QUEUES: re-exported)
+from .queues_redis import DEAD_LETTER_QUEUES as DEAD_LETTER_QUEUES  # re-exported (the "as" says so to mypy)
+from .queues_redis import declare, exchange_name
 {%- endif %}
 from .settings import settings
 

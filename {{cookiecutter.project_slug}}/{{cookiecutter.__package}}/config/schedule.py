@@ -48,7 +48,7 @@ class Entry:
         if self.every is not None:
             return schedule(self.every)
         try:
-            return crontab.from_string(self.cron)
+            return crontab.from_string(self.cron or "")  # set: _problem() allows exactly one of every and cron
         except ValueError as exc:
             raise ValueError(f"schedule entry {self.name!r}: bad cron {self.cron!r}: {exc}") from None
 

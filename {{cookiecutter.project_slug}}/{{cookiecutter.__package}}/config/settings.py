@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sentry_sdk.utils import BadDsn, Dsn
 
 # stdlib only; reads WORKER_HEARTBEAT_STALE_AFTER, which the probes read without these settings.
 from ..runtime.heartbeat import heartbeat_stale_after
@@ -29,8 +29,8 @@ KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]+")
 {%- if cookiecutter.broker == "redis" %}
 # A queue's list is "<CELERY_KEY_PREFIX>:<queue>", next to kombu's keys (unacked...) and this project's
 # (redis_store.key, RedBeat): a queue with one of these names would share a key that holds something else.
-RESERVED_QUEUE_NAMES = ("unacked", "unacked_index", "unacked_mutex", "deadletters", "idempotency", "metrics", "outbox")
-RESERVED_QUEUE_NAMES += ("diagnostics", "redbeat")
+KOMBU_KEY_NAMES = ("unacked", "unacked_index", "unacked_mutex")
+RESERVED_QUEUE_NAMES = (*KOMBU_KEY_NAMES, "deadletters", "idempotency", "metrics", "outbox", "diagnostics", "redbeat")
 {%- endif %}
 # kombu's Redis transport blocks in BRPOP this long per call (Transport.brpop_timeout; not changed here).
 REDIS_BRPOP_TIMEOUT = 1.0
@@ -40,9 +40,10 @@ DELIVERY_LIMIT = 10
 {%- endif %}
 
 
-def _unprefixed(name: str) -> FieldInfo:
+def _unprefixed(name: str, default: str | None = None) -> Any:
     """A field read from a conventional variable name (REDIS_URL), not the CELERY_ prefixed one."""
-    return Field(default=None, validation_alias=AliasChoices(name))
+    # Any: Field() is typed as its default's type, which differs per field; the class annotation gives the type.
+    return Field(default=default, validation_alias=AliasChoices(name))
 
 
 class Settings(BaseSettings):
@@ -57,22 +58,23 @@ class Settings(BaseSettings):
         default="development", validation_alias=AliasChoices("ENVIRONMENT")
     )
     # Results, idempotency keys and dead letters live here{% if cookiecutter.broker == "redis" %} (and it is the broker){% endif %}.
-    redis_url: str | None = _unprefixed("REDIS_URL")
+    # "" until set ("" or unset is refused below), so code reading it after validation gets a str, never None.
+    redis_url: str = _unprefixed("REDIS_URL", default="")
     # Only used by `make dev` to protect the Redis it starts; production URLs carry their own credentials.
     redis_password: str | None = _unprefixed("REDIS_PASSWORD")
 {%- if cookiecutter.broker == "rabbitmq" %}
     # Only used by `make dev` for the RabbitMQ node it starts.
     rabbitmq_password: str | None = _unprefixed("RABBITMQ_PASSWORD")
     # amqp://user:password@host:5672/vhost; required: RabbitMQ is the broker.
-    broker_url: str | None = None
+    broker_url: str = ""
 {%- else %}
     # Defaults to REDIS_URL; set it to put the broker on a separate Redis from results.
-    broker_url: str | None = None
+    broker_url: str = ""
     # None: the URL's scheme decides; redis:// gets redis_transport.py's fix. A class path selects another transport.
     broker_transport: str | None = None
 {%- endif %}
     # Defaults to REDIS_URL.
-    result_backend: str | None = None
+    result_backend: str = ""
     # TLS: rediss:// and amqps:// URLs connect over TLS, and every client (broker, results, RedBeat, this project's
     # own Redis client, the exporter, health checks, Flower) verifies the server's certificate chain AND that it names
     # the URL's host. PEM file of the CA(s) that signed the servers' certificates; None: the system's CA store.
@@ -202,7 +204,7 @@ class Settings(BaseSettings):
     key_prefix: str = "{{ cookiecutter.__package }}"
 
     # Beat (RedBeat). Defaults to REDIS_URL, set explicitly: RedBeat's fallback to broker_url is deprecated.
-    redbeat_redis_url: str | None = None
+    redbeat_redis_url: str = ""
     # The longest beat sleeps between checks of the schedule: a bound on how late an entry can fire, and on how
     # stale the lock's TTL gets. Small values cost one Redis round trip per interval.
     beat_max_loop_interval: float = 5.0
@@ -227,6 +229,16 @@ class Settings(BaseSettings):
     # failures in a row open it; after breaker_reset_timeout seconds trial calls are let through (half-open).
     breaker_fail_max: int = 5
     breaker_reset_timeout: int = 30
+
+    # Error tracking (runtime/errors.py): unset, sentry-sdk is not initialised and nothing is sent. Sentry's own
+    # variable names, so a DSN copied from its docs works. The DSN is the project's Client Key (Settings > Client Keys).
+    sentry_dsn: str | None = _unprefixed("SENTRY_DSN")
+    # Unset: ENVIRONMENT, so staging and production events are told apart without another variable.
+    sentry_environment: str | None = _unprefixed("SENTRY_ENVIRONMENT")
+    # The deployed version (an image tag, a git sha): Sentry groups regressions by it. Unset: the SDK's guess (git).
+    sentry_release: str | None = _unprefixed("SENTRY_RELEASE")
+    # Share of error events sent, 0 to 1: the cost knob (Sentry bills per event). 1.0: every final failure is seen.
+    sentry_sample_rate: float = Field(default=1.0, ge=0, le=1, validation_alias=AliasChoices("SENTRY_SAMPLE_RATE"))
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -256,6 +268,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"queue name {name!r} is a Redis key name of this project or kombu; choose another")
 {%- endif %}
         return names
+
+    @field_validator("sentry_dsn", "sentry_environment", "sentry_release")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None  # `SENTRY_DSN=` in .env turns error tracking off, it is no DSN named ""
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _check_sentry_dsn(cls, dsn: str | None) -> str | None:
+        if dsn:
+            try:  # the SDK's own parser: a bad DSN stops the process at start, not at its first error
+                Dsn(dsn)
+            except BadDsn as exc:
+                raise ValueError(
+                    f"SENTRY_DSN is not a Sentry DSN ({exc}): copy it from your Sentry project's Client Keys page, "
+                    "e.g. https://<key>@o0.ingest.sentry.io/<project id>"
+                ) from None
+        return dsn
 
     @field_validator("ssl_ca_certs")
     @classmethod

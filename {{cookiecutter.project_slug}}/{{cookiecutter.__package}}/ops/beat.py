@@ -13,11 +13,12 @@ from typing import Any
 import click
 from celery import Celery
 from celery.schedules import crontab
+from celery.schedules import schedule as interval
 from redbeat import RedBeatSchedulerEntry
 from redbeat.schedulers import ensure_conf, get_redis
 
 
-def stored_entries(app: Celery) -> list[RedBeatSchedulerEntry]:
+def stored_entries(app: Celery[Any]) -> list[RedBeatSchedulerEntry]:
     conf = ensure_conf(app)
     keys = get_redis(app).zrange(conf.schedule_key, 0, -1)
     return [RedBeatSchedulerEntry.from_key(key, app=app) for key in keys]
@@ -26,7 +27,8 @@ def stored_entries(app: Celery) -> list[RedBeatSchedulerEntry]:
 def next_run(entry: RedBeatSchedulerEntry) -> datetime | None:
     """When the entry is due next, from its schedule and last run (RedBeat's own `due_at` is only a sort key)."""
     if entry.last_run_at is None:
-        return entry.schedule.now()
+        now: datetime = entry.schedule.now()  # typed here: RedBeat's entry is untyped (Any)
+        return now
     remaining = entry.schedule.remaining_estimate(entry.last_run_at)
     return None if remaining is None else entry.schedule.now() + max(remaining, timedelta(0))
 
@@ -34,7 +36,9 @@ def next_run(entry: RedBeatSchedulerEntry) -> datetime | None:
 def describe(schedule: object) -> str:
     if isinstance(schedule, crontab):
         return "cron " + str(schedule).removeprefix("<crontab: ").split(" (")[0]
-    return f"every {schedule.run_every.total_seconds():g}s"
+    if isinstance(schedule, interval):
+        return f"every {schedule.seconds:g}s"
+    return str(schedule)  # another schedule type (solar): its own description
 
 
 def _when(value: datetime | None) -> str:

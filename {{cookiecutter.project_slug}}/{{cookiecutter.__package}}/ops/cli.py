@@ -60,7 +60,7 @@ ops.add_command(deadletters)
 ops.add_command(doctor)
 
 
-def _check_broker(app: Celery) -> None:
+def _check_broker(app: Celery[Any]) -> None:
     try:
         connect(app).release()
     except Exception as exc:  # any transport error means the same thing to the operator
@@ -68,7 +68,7 @@ def _check_broker(app: Celery) -> None:
         raise Problem(f"cannot reach the broker at {url}: {type(exc).__name__}: {exc}") from None
 
 
-def _replies(app: Celery, method: str, timeout: float, destination: list[str] | None = None) -> dict[str, Any]:
+def _replies(app: Celery[Any], method: str, timeout: float, destination: list[str] | None = None) -> dict[str, Any]:
     """Replies to a broadcast inspect command, by worker name; a Problem when none came."""
     _check_broker(app)
     replies = getattr(app.control.inspect(timeout=timeout, destination=destination), method)() or {}
@@ -119,17 +119,18 @@ def _task_line(request: dict[str, Any], extra: str = "") -> str:
     return f"  {request.get('id')}  {request.get('name')}  queue={queue}{extra}  args={request.get('args')}"
 
 
-def _print_tasks(replies: dict[str, list], what: str, line: Callable[[Any], str]) -> None:
+def _print_tasks(replies: dict[str, list[Any]], what: str, line: Callable[[Any], str]) -> None:
     for worker, items in replies.items():
         print(f"{worker}: {len(items)} {what}")
         for item in items:
             print(line(item))
 
 
-def _progress(app: Celery, request: dict[str, Any]) -> str:
+def _progress(app: Celery[Any], request: dict[str, Any]) -> str:
     """A long task's own report (tasks/catalog.py: state PROGRESS), read from the result backend."""
-    result = AsyncResult(str(request.get("id")), app=app)
-    if result.state != "PROGRESS" or not isinstance(result.info, dict):
+    result: AsyncResult[Any] = AsyncResult(str(request.get("id")), app=app)
+    state: str = result.state  # str: a task's own states (PROGRESS) are outside Celery's built-in ones
+    if state != "PROGRESS" or not isinstance(result.info, dict):
         return ""
     return f"  {result.info.get('percent')}% {result.info.get('message', '')}".rstrip()
 
@@ -210,7 +211,8 @@ def migrate_keys(obj: Any, dry_run: bool) -> None:
     app = obj.app
     _check_broker(app)
     with connect(app) as connection:
-        lines = migrate(app, connection.default_channel, dry_run=dry_run)
+        # The stubs type default_channel as the abstract StdChannel; with the Redis broker it is the Redis channel.
+        lines = migrate(app, connection.default_channel, dry_run=dry_run)  # type: ignore[arg-type]
     for line in lines:
         print(line)
     if not lines:
@@ -218,7 +220,7 @@ def migrate_keys(obj: Any, dry_run: bool) -> None:
 {%- endif %}
 
 
-def main(app: Celery, argv: list[str] | None = None) -> int:
+def main(app: Celery[Any], argv: list[str] | None = None) -> int:
     """Run the command line against `app` and return its exit status (`python -m`, and the project's tests)."""
     context = CLIContext(app=app, no_color=True, workdir=None)
     try:

@@ -46,7 +46,7 @@ def replay(obj: Any, task_id: str | None, replay_every: bool) -> None:
     if replay_every:
         click.get_current_context().exit(1 if store.replay_all(obj.app) else 0)
     try:
-        print(f"replayed {task_id} as {store.replay(obj.app, task_id)}")
+        print(f"replayed {task_id} as {store.replay(obj.app, str(task_id))}")  # str: not None, checked above
     except (KeyError, ValueError) as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         click.get_current_context().exit(1)

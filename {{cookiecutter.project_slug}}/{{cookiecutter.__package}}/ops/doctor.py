@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import click
 import redis
@@ -423,7 +423,9 @@ def _beat_facts(f: Facts, now: float) -> None:
     f.beat_lock_ttl = ttl / 1000 if ttl >= 0 else None
     # RedBeat's sorted set: entry key -> the time it is due next. An entry due longer ago than its interval (plus the
     # loop interval beat may sleep) was skipped by a beat that holds the lock.
-    due = dict(client.zrange(f"{settings.redbeat_key_prefix}:schedule", 0, -1, withscores=True))
+    # cast: this client returns bytes (no decode_responses); redis-py types every reply as bytes | str.
+    scored = client.zrange(f"{settings.redbeat_key_prefix}:schedule", 0, -1, withscores=True)
+    due = dict(cast("list[tuple[bytes, float]]", scored))
     for name, entry in beat_schedule().items():
         score = due.get(f"{settings.redbeat_key_prefix}{name}".encode())
         schedule = entry["schedule"]
@@ -453,7 +455,7 @@ def _remember(f: Facts) -> None:
     from ..runtime.redis_store import client, key
 
     name = key("doctor", "last")
-    previous = client().hgetall(name)
+    previous = cast("dict[str, str]", client().hgetall(name))  # decode_responses=True: str replies
     if "deadletters" in previous:
         f.last_dead_letters = int(previous["deadletters"])
     f.last_depths = {k.removeprefix("depth:"): int(v) for k, v in previous.items() if k.startswith("depth:")}
@@ -467,11 +469,12 @@ def _remember(f: Facts) -> None:
 
 def _progress(app: Any, workers: dict[str, WorkerFacts]) -> dict[str, dict[str, Any]]:
 
-    progress = {}
+    progress: dict[str, dict[str, Any]] = {}
     for worker in workers.values():
         for task in worker.active:
-            result = AsyncResult(task["id"], app=app)
-            if result.state == "PROGRESS" and isinstance(result.info, dict):
+            result: AsyncResult[Any] = AsyncResult(task["id"], app=app)
+            state: str = result.state  # str: a task's own states (PROGRESS) are outside Celery's built-in ones
+            if state == "PROGRESS" and isinstance(result.info, dict):
                 progress[task["id"]] = result.info
     return progress
 

@@ -58,7 +58,7 @@ def connection_error(exc: BaseException | None) -> bool:
     return False
 
 
-class Scheduler(RedBeatScheduler):
+class Scheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat ships no type information: its class is Any
     _down_since: float | None = None  # monotonic time of the first failed lock call of the current outage
     _logged_at = 0.0
     _renewed_at = 0.0  # monotonic time of the last lock renewal (or acquisition)
@@ -79,7 +79,7 @@ class Scheduler(RedBeatScheduler):
             logger.warning("beat: Redis answers again after %.0fs", self._elapsed())
             self._down_since = None
         if interval is None:
-            return self.max_interval
+            return float(self.max_interval)  # float(): RedBeat's attributes are untyped (Any)
         return RETRY_SECONDS if self._abort_tick else interval
 
     def _acquire(self) -> bool:
@@ -120,7 +120,7 @@ class Scheduler(RedBeatScheduler):
                 elapsed,
                 self.lock_timeout,
             )
-        return min(RETRY_SECONDS, self.max_interval)
+        return min(RETRY_SECONDS, float(self.max_interval))
 
     def maybe_due(self, entry: Any, **kwargs: Any) -> Any:
         # Skip (do not send) once this tick hit a connection error or has run for half the lock timeout: another beat

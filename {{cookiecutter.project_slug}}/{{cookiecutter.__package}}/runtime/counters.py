@@ -13,6 +13,7 @@ losing them reads as a counter reset, which rate() and increase() handle.
 
 import logging
 import time
+from typing import cast
 
 import redis
 
@@ -62,8 +63,9 @@ def record(task: str, queue: str | None, state: str | None, runtime: float | Non
 
 def read() -> dict[tuple[str, str, str], float]:
     """Every counter: (kind, task, queue) -> value. Raises redis.RedisError when Redis is away."""
-    counters = {}
-    for name, raw in client().hgetall(KEY).items():
+    counters: dict[tuple[str, str, str], float] = {}
+    # cast: this client decodes replies (decode_responses=True), redis-py types every reply as bytes | str.
+    for name, raw in cast("dict[str, str]", client().hgetall(KEY)).items():
         parts = name.split("\t")
         if len(parts) == 3:
             counters[(parts[0], parts[1], parts[2])] = float(raw)

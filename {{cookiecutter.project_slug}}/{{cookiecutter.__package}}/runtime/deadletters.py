@@ -41,7 +41,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 
@@ -119,7 +119,7 @@ def _redact(value: Any, found: set[str]) -> Any:
     return value
 
 
-def stored_arguments(args: Any, kwargs: Any) -> dict:
+def stored_arguments(args: Any, kwargs: Any) -> dict[str, Any]:
     """The arguments as a dead letter keeps them: the rule in the module docstring."""
     found: set[str] = set()
     kept = {"args": _redact(list(args or ()), found), "kwargs": _redact(dict(kwargs or {}), found)}
@@ -149,7 +149,7 @@ def record(
     traceback: str = "",
     queue: str = "",
     failed_at: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     now = time.time()
     failed = now if failed_at is None else failed_at
     entry = {
@@ -170,7 +170,7 @@ def record(
     return entry
 
 
-def _store(entry: dict, score: float) -> tuple[float, int]:
+def _store(entry: dict[str, Any], score: float) -> tuple[float, int]:
     """Write one entry (hash and index in one MULTI/EXEC); returns the oldest entry's time and the count."""
     entries, index = _keys()
     pipe = client().pipeline()  # transaction: an entry is never in the hash without its index entry, or back
@@ -217,12 +217,13 @@ def trim(now: float | None = None, migrate: bool = True) -> int:
         migrate_legacy()
     entries, index = _keys()
     db, now = client(), now or time.time()
-    dropped = db.zrangebyscore(index, "-inf", now - settings.dead_letter_retention)
+    # cast: this client decodes replies (decode_responses=True), redis-py types every reply as bytes | str.
+    dropped = cast("list[str]", db.zrangebyscore(index, "-inf", now - settings.dead_letter_retention))
     over = db.zcard(index) - len(dropped) - settings.dead_letter_max_entries
     if over > 0:
-        dropped += db.zrange(index, len(dropped), len(dropped) + over - 1)
+        dropped += cast("list[str]", db.zrange(index, len(dropped), len(dropped) + over - 1))
     replaying, since = _replaying_keys()
-    abandoned = db.zrangebyscore(since, "-inf", now - settings.dead_letter_retention)  # stranded for that long
+    abandoned = cast("list[str]", db.zrangebyscore(since, "-inf", now - settings.dead_letter_retention))  # stranded
     if dropped or abandoned:
         pipe = db.pipeline()
         if dropped:
@@ -247,13 +248,14 @@ def count() -> int:
     return client().zcard(_keys()[1])
 
 
-def stranded(now: float | None = None) -> list[dict]:
+def stranded(now: float | None = None) -> list[dict[str, Any]]:
     """Entries a replay claimed more than STRANDED_AFTER seconds ago and never finished (the process died, or lost
     Redis after the send): each was sent or not; `replay KEY` takes one back and sends it."""
     replaying, since = _replaying_keys()
     cutoff = (now or time.time()) - STRANDED_AFTER
-    found = []
-    for name, claimed in client().zrangebyscore(since, "-inf", cutoff, withscores=True):
+    found: list[dict[str, Any]] = []
+    claims = cast("list[tuple[str, float]]", client().zrangebyscore(since, "-inf", cutoff, withscores=True))
+    for name, claimed in claims:
         raw = client().hget(replaying, name)
         if raw:
             found.append({**json.loads(raw), "replaying_since": time.strftime(TIME_FORMAT, time.gmtime(claimed))})
@@ -270,30 +272,30 @@ def _keys_for(id_or_key: str) -> list[str]:
     return sorted(found, key=lambda name: found[name])
 
 
-def get(id_or_key: str) -> dict | None:
+def get(id_or_key: str) -> dict[str, Any] | None:
     """One entry by its key, or the newest for a task id."""
     names = _keys_for(id_or_key)
     raw = client().hget(_keys()[0], names[-1]) if names else None
     return json.loads(raw) if raw else None
 
 
-def entries(batch: int = 500) -> list[dict]:
+def entries(batch: int = 500) -> list[dict[str, Any]]:
     """Every dead letter, oldest first (read in batches of HMGET)."""
     entries_key, index = _keys()
-    ids, found = client().zrange(index, 0, -1), []
+    ids, found = cast("list[str]", client().zrange(index, 0, -1)), []
     for start in range(0, len(ids), batch):
         found += [json.loads(raw) for raw in client().hmget(entries_key, ids[start : start + batch]) if raw]
     return found
 
 
-def newest(limit: int) -> list[dict]:
+def newest(limit: int) -> list[dict[str, Any]]:
     """The `limit` newest dead letters, newest first: one bounded read however many wait (ops doctor's top reasons)."""
     entries_key, index = _keys()
-    ids = client().zrevrange(index, 0, limit - 1)
+    ids = cast("list[str]", client().zrevrange(index, 0, limit - 1))
     return [json.loads(raw) for raw in client().hmget(entries_key, ids) if raw] if ids else []
 
 
-def _claim(name: str) -> dict:
+def _claim(name: str) -> dict[str, Any]:
     """Move one entry into the replaying hash and return it; the atomic move is the claim, so no two callers get the
     same entry, and a process that dies after it leaves the entry there (stranded), not lost."""
     entries_key, index = _keys()
@@ -305,16 +307,17 @@ def _claim(name: str) -> dict:
                 f"no dead letter with id or key {name!r} (already replayed, being replayed, or dropped by retention)"
             )
         raw = stuck
-    return json.loads(raw)
+    claimed: dict[str, Any] = json.loads(raw)
+    return claimed
 
 
-def _give_back(entry: dict) -> None:
+def _give_back(entry: dict[str, Any]) -> None:
     """The send failed: move the entry back among the dead letters, at its failure time."""
     score = calendar.timegm(time.strptime(entry["failed_at"], TIME_FORMAT))
     client().eval(_MOVE, 4, *_replaying_keys(), *_keys(), entry["key"], score)
 
 
-def _done(entry: dict) -> None:
+def _done(entry: dict[str, Any]) -> None:
     replaying, since = _replaying_keys()
     pipe = client().pipeline()
     pipe.hdel(replaying, entry["key"])
@@ -322,7 +325,7 @@ def _done(entry: dict) -> None:
     pipe.execute()
 
 
-def replay(app: Celery, id_or_key: str, producer: Any = None) -> str:
+def replay(app: Celery[Any], id_or_key: str, producer: Any = None) -> str:
     """Send the task again (routed as usual) and remove its dead letter. Returns the new task id.
 
     Takes an entry key (as `list` prints it) or a task id: a task id replays its newest failure; older failures of
@@ -333,9 +336,9 @@ def replay(app: Celery, id_or_key: str, producer: Any = None) -> str:
     migrate_legacy()
     names = _keys_for(id_or_key)
     name = names[-1] if names else id_or_key  # not listed: maybe a stranded replay, which _claim takes back
-    entry = client().hget(_keys()[0], name)
-    if entry and json.loads(entry).get("not_replayable"):
-        reason = json.loads(entry)["not_replayable"]
+    stored = client().hget(_keys()[0], name)
+    if stored and json.loads(stored).get("not_replayable"):
+        reason = json.loads(stored)["not_replayable"]
         raise ValueError(f"dead letter {name} cannot be replayed: {reason}; re-send the task from its source")
     entry = _claim(name)
     try:
@@ -348,11 +351,11 @@ def replay(app: Celery, id_or_key: str, producer: Any = None) -> str:
     return result.id
 
 
-def replay_all(app: Celery, out: Any = print) -> int:
+def replay_all(app: Celery[Any], out: Any = print) -> int:
     """Replay every entry there is now, over one producer connection. Returns how many could not be replayed."""
     migrate_legacy()
     # A snapshot: an entry that fails again is recorded under its new task id, and is not replayed in this run.
-    ids, errors = client().zrange(_keys()[1], 0, -1), 0
+    ids, errors = cast("list[str]", client().zrange(_keys()[1], 0, -1)), 0
     with app.producer_or_acquire() as producer:
         for name in ids:
             try:

@@ -18,7 +18,7 @@ import random
 import time
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pybreaker
@@ -64,7 +64,7 @@ class _CountTransitions(pybreaker.CircuitBreakerListener):
         old = getattr(old_state, "name", "none")
         logger.warning("circuit %s: %s -> %s", cb.name, old, new_state.name)
         try:
-            _redis().hincrby(f"{namespace(cb.name)}:transitions", f"{old}->{new_state.name}", 1)
+            _redis().hincrby(f"{namespace(str(cb.name))}:transitions", f"{old}->{new_state.name}", 1)
         except redis.RedisError as exc:  # a metric is not worth failing the call for
             logger.warning("breaker transition not counted: %s", exc)
 
@@ -159,9 +159,10 @@ def circuits() -> dict[str, tuple[str, dict[str, int]]]:
     """Every circuit this project's workers have used: name -> (state, {"closed->open": count, ...}). For the
     exporter: read straight from Redis, so it needs no breaker object of its own."""
     found: dict[str, tuple[str, dict[str, int]]] = {}
-    for raw in sorted(_redis().smembers(f"{settings.key_prefix}:breaker:names")):
+    # casts: this client returns bytes (no decode_responses); redis-py types every reply as bytes | str.
+    for raw in sorted(cast("set[bytes]", _redis().smembers(f"{settings.key_prefix}:breaker:names"))):
         name = raw.decode()
-        state = (_redis().get(f"{namespace(name)}:pybreaker:state") or b"closed").decode()
-        changes = _redis().hgetall(f"{namespace(name)}:transitions")
+        state = (cast("bytes | None", _redis().get(f"{namespace(name)}:pybreaker:state")) or b"closed").decode()
+        changes = cast("dict[bytes, bytes]", _redis().hgetall(f"{namespace(name)}:transitions"))
         found[name] = (state, {k.decode(): int(v) for k, v in changes.items()})
     return found

@@ -105,7 +105,7 @@ def release(name: str, token: str) -> bool:
     return bool(script(keys=[key("idempotency", name)], args=[f"running:{token}"]))
 
 
-def lock_ttl(task: Task) -> int:
+def lock_ttl(task: Task[Any, Any]) -> int:
     """The claim's expiry, from the hard time limit this very run has: a per-call `time_limit=`, else the task's
     own `time_limit`, else the project's. A claim that expired mid-run would let a second delivery act too."""
     hard_limit = (task.request.timelimit or (None, None))[0] or task.time_limit or task.app.conf.task_time_limit
@@ -114,7 +114,7 @@ def lock_ttl(task: Task) -> int:
     return int(hard_limit) + LOCK_MARGIN
 
 
-def run_once(task: Task, name: str, effect: Callable[[], Any]) -> bool:
+def run_once(task: Task[Any, Any], name: str, effect: Callable[[], Any]) -> bool:
     """Run `effect` unless an earlier delivery did; True if this delivery ran it. Call from a bound task."""
     ttl = lock_ttl(task)
     token = new_token()

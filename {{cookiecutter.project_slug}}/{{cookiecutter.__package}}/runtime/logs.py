@@ -18,7 +18,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "ta
 
 
 class JsonFormatter(logging.Formatter):
-    converter = time.gmtime  # UTC timestamps, matching the "Z" below
+    converter = staticmethod(time.gmtime)  # UTC timestamps, matching the "Z" below
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

@@ -30,7 +30,7 @@ from celery.worker.request import Request
 from kombu.serialization import dumps
 
 from ..config.settings import settings
-from ..runtime import deadletters, redis_store
+from ..runtime import deadletters, errors, redis_store
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class EtaTooFar(InvalidTaskError):
 
 def seconds_ahead(eta: Any) -> float:
     when = maybe_iso8601(eta) if isinstance(eta, str) else eta
+    if when is None:  # an empty ETA string: no delay
+        return 0.0
     if when.tzinfo is None:  # Celery reads a naive ETA as UTC (enable_utc)
         when = when.replace(tzinfo=UTC)
     return (when - datetime.now(UTC)).total_seconds()
@@ -125,9 +127,9 @@ class GuardedRequest(Request):
         super().__init__(message, *args, **kwargs)
 
 
-class GuardedTask(Task):
+class GuardedTask(Task[Any, Any]):
     # Celery's hook for a custom request class: https://docs.celeryq.dev/en/stable/userguide/tasks.html#requests-and-custom-requests
-    Request = GuardedRequest
+    Request = GuardedRequest  # type: ignore[assignment]  # Celery takes a class or its dotted path; the stubs say str
 
     # Celery's defaults (180 s, 600 s) kept within the limit, so a project with a short CELERY_MAX_COUNTDOWN still
     # imports; a task that sets a longer one is refused when it is defined (__init_subclass__).
@@ -160,14 +162,24 @@ class GuardedTask(Task):
         round_up_short_delays(options)
         return super().apply_async(args, kwargs, *rest, **options)
 
-    def retry(self, *args: Any, countdown: Any = None, eta: Any = None, **options: Any) -> Any:
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Any = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: Any = None,
+        max_retries: Any = None,
+        **options: Any,
+    ) -> Any:
         # Checked before Celery's retry publishes: an error raised while it publishes becomes Reject(requeue=False),
         # which drops the message without a dead letter. Raised here, the task fails and is dead-lettered. Celery
         # applies default_retry_delay when neither is given: applied here first, so it is checked too.
         if not eta and countdown is None:
             countdown = self.default_retry_delay
         check_countdown(self.name, countdown, eta)
-        return super().retry(*args, countdown=countdown, eta=eta, **options)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
 
 # How long a poison-message counter outlives its last increment: longer than any gap between two deliveries of one
@@ -228,4 +240,7 @@ class DeadLetterTask(GuardedTask):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         queue = (self.request.delivery_info or {}).get("routing_key", "")
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        deadletters.record(task_id, self.name, args, kwargs, reason, str(getattr(einfo, "traceback", "")), queue)
+        # One error event per dead letter, with its tags (runtime/errors.py), sent first: it also reaches
+        # Sentry when Redis is down; nothing while retries are in progress.
+        errors.report_final_failure(exc)
+        deadletters.record(task_id, self.name, args, kwargs, reason, str(getattr(einfo, "traceback", "")), str(queue))

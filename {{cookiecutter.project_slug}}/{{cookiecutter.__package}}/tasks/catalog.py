@@ -19,7 +19,7 @@ PROGRESS = "PROGRESS"
 # Stores its result: the caller polls the progress and then reads the summary. A re-run (redelivery) imports the same
 # catalog again: harmless when each step writes by key (upsert), as the real work must.
 @app.task(bind=True, ignore_result=False)
-def import_catalog(self: Task, name: str, steps: int = 5, step_seconds: float = 1.0) -> dict[str, Any]:
+def import_catalog(self: Task[Any, Any], name: str, steps: int = 5, step_seconds: float = 1.0) -> dict[str, Any]:
     """Stand-in for a catalog imported in `steps` steps (pages, batches) of `step_seconds` each."""
     for done in range(1, steps + 1):
         time.sleep(step_seconds)  # TODO: one step of the real work

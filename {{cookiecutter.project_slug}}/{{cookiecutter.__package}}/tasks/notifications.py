@@ -1,5 +1,7 @@
 """Notifications: the idempotent-task pattern, because an email sent twice is a bug users see."""
 
+from typing import Any
+
 from celery import Task
 
 from ..celery_app import app
@@ -16,7 +18,7 @@ def deliver_receipt(order_id: str) -> None:
 # max_retries: a delivery that finds the claim busy looks again every quarter of the claim's TTL; 10 tries outlast a
 # claim left behind by a worker that died holding it.
 @app.task(bind=True, max_retries=10, ignore_result=False)
-def send_receipt(self: Task, order_id: str) -> str:
+def send_receipt(self: Task[Any, Any], order_id: str) -> str:
     # Claim, send, mark done (idempotency.py); the claim's TTL follows this task's own hard time limit.
     sent = idempotency.run_once(self, f"send_receipt:{order_id}", lambda: deliver_receipt(order_id))
     return "sent" if sent else "skipped: already sent"

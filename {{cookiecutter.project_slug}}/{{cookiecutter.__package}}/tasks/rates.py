@@ -5,8 +5,11 @@ keep the shape: timeouts from settings, retries only for what can succeed later,
 In Kubernetes the workers need an egress rule to reach the API (deploy/k8s/base/networkpolicies.yaml).
 """
 
+from typing import Any
+
 import pybreaker
 import redis
+from celery import Task
 
 from ..celery_app import app
 from ..config.settings import settings
@@ -30,7 +33,7 @@ class CircuitOpen(Exception):
     # The budget counts every retry: failures, 429s and the waits while the circuit is open.
     max_retries=settings.rates_api_max_retries,
 )
-def fetch_rate(self, pair: str) -> str:
+def fetch_rate(self: Task[Any, Any], pair: str) -> str:
     if not settings.rates_api_url:
         raise RatesApiNotConfigured("CELERY_RATES_API_URL is not set: set it to your rates API's base URL (.env)")
     url = f"{settings.rates_api_url.rstrip('/')}/rates/{pair}"

@@ -68,7 +68,7 @@ def settlement_failed(request: Any, exc: BaseException, traceback: Any, batch_id
     idempotency.mark_done(name, token, give_up_after=settings.task_time_limit)
 
 
-def settle(batch_id: str, orders: list[dict[str, Any]], pair: str = "EURUSD") -> AsyncResult:
+def settle(batch_id: str, orders: list[dict[str, Any]], pair: str = "EURUSD") -> AsyncResult[Any]:
     """Fetch a rate, convert every order in parallel, summarize; the result is the summary."""
     summary = summarize.s()
     # .si() makes the signature immutable: the receipt needs the batch id, not the summary passed to links.
