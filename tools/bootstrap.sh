@@ -10,6 +10,8 @@ VENV="${VENV:-.venv}"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+# The alert rules' tests and the Prometheus boot tier: the server and promtool (one package).
+{ command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
 "$PYTHON" -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 # Not docker.io: the compose boot tier uses the Docker engine you run, or, as root and only when that tier runs,
 # installs docker.io and debootstrap and starts a dockerd of its own

@@ -246,6 +246,20 @@ def test_a_poison_message_is_one_sentry_event(stack: Stack) -> None:
     assert events[0]["tags"]["celery_task_name"] == POISON and events[0]["tags"]["celery_task_id"] == task_id
 
 
+def test_a_refused_message_is_one_event_without_its_arguments(stack: Stack) -> None:
+    """Celery's consumer logs a refused message with its body (the arguments); runtime/signals.py logs the refusal
+    without them. Only the second may reach Sentry."""
+    started = time.time()
+    email = "jane.doe@example.com"
+    task_id = str(stack.project.program("send_task_by_name", "no.such.task", [email], None, stack.project.queues[0]))
+    wait_until(lambda: [i for i in stack.sentry.since(started) if i["type"] == "event"], 30, "an event for the refusal")
+    time.sleep(3)  # the consumer's own ERROR line, if it were sent, would have arrived by now
+    events = [item["payload"] for item in stack.sentry.since(started) if item["type"] == "event"]
+    print(f"{len(events)} event(s) for a refused message: {[e.get('logentry', {}).get('message') for e in events]}")
+    assert len(events) == 1 and task_id in json.dumps(events[0]), events
+    assert email not in json.dumps(stack.sentry.since(started)), "the refused message's arguments reached Sentry"
+
+
 def test_beat_sends_sentry_crons_check_ins(stack: Stack) -> None:
     # Due 2 s after beat starts, not a whole interval (60 s, the shortest Sentry Crons takes) later.
     stack.project.program("beat_due_soon", "refresh-eurusd", 58)

@@ -22,6 +22,8 @@ from template import CHOICES, PLACEHOLDER, SUPPORTED, case_id, render
 DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml", "compose.override.yaml")
 DOCKER_CASES = [answers for answers in SUPPORTED if answers.get("use_docker", CHOICES["use_docker"][0]) == "y"]
 SECRET_KEY = re.compile(r"PASS|SECRET|TOKEN|AUTH", re.IGNORECASE)
+# Settings whose names match SECRET_KEY but hold switches, not credentials (Grafana's anonymous viewer, dev profile).
+NOT_CREDENTIALS = ("GF_AUTH_ANONYMOUS_",)
 
 
 @pytest.fixture(scope="module", params=DOCKER_CASES, ids=case_id)
@@ -134,6 +136,8 @@ def test_no_secret_is_written_in_the_compose_files(project: Path) -> None:
         for name, service in (yaml.safe_load(text).get("services") or {}).items():
             environment = service.get("environment") or {}
             for key, value in environment.items():
+                if key.startswith(NOT_CREDENTIALS):
+                    continue
                 if SECRET_KEY.search(key) or ("://" in str(value) and "@" in str(value)):
                     assert "${" in str(value), f"{name}: {key} must come from a ${{VAR}} reference, not a value"
 

@@ -217,7 +217,7 @@ def test_ci_workflow_is_valid_and_follows_the_answers(project: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     answers = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     jobs = yaml.safe_load(workflow.read_text())["jobs"]
-    expected = {"lint", "typecheck", "test"}
+    expected = {"lint", "typecheck", "test", "alerts"}
     expected |= {"docker"} if answers["use_docker"] == "y" else set()
     expected |= {"kubernetes"} if answers["use_kubernetes"] == "y" else set()
     assert set(jobs) == expected

@@ -3,6 +3,7 @@ workers."""
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,10 +14,14 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from {{ cookiecutter.__package }} import metrics
 from {{ cookiecutter.__package }}.celery_app import app
+from {{ cookiecutter.__package }}.config.settings import settings
 from {{ cookiecutter.__package }}.runtime import counters as task_counters
+from {{ cookiecutter.__package }}.runtime import deadletters, external
 from {{ cookiecutter.__package }}.runtime.redis_store import client
 from {{ cookiecutter.__package }}.tasks.orders import process_order
 from {{ cookiecutter.__package }}.tasks.prices import fetch_price
@@ -33,6 +38,7 @@ TIMEOUT = 30
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> CollectorRegistry:
     monkeypatch.setattr(metrics, "queue_depths", lambda app: {"a": 3, "b": 0})
+    monkeypatch.setattr(metrics, "_failed_at", {})  # no Redis failure left over from another test
     client().delete(task_counters.KEY)  # unit tests start from no counters; the live test reads differences
     return metrics.register(app, CollectorRegistry())
 
@@ -66,7 +72,8 @@ def test_final_failures_and_retries_are_counted_apart(registry: CollectorRegistr
     task_counters.record(FETCH, None, "RETRY", 0.1)  # what a run that retries ends with
     assert value(registry, "task_failed_total", task=process_order.name, queue="eager") == 1
     assert value(registry, "task_retried_total", task=FETCH, queue="eager") == 1
-    assert value(registry, "task_succeeded_total", task=process_order.name, queue="eager") is None
+    # 0, not absent: every pair has all three counters, so sums and ratios across outcomes keep it.
+    assert value(registry, "task_succeeded_total", task=process_order.name, queue="eager") == 0
 
 
 def test_redis_away_neither_fails_the_task_nor_the_scrape(
@@ -80,6 +87,26 @@ def test_redis_away_neither_fails_the_task_nor_the_scrape(
     assert "task counters not updated" in caplog.text
     assert value(registry, "exporter_redis_up") == 0
     assert value(registry, "task_succeeded_total", task=FETCH, queue="eager") is None
+
+
+def test_a_hung_redis_costs_one_read_timeout_per_scrape(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections accepted, never answered: the first read waits out its timeout, the other collectors skip that
+    Redis, so the scrape answers (redis_up 0) within Prometheus's scrape timeout."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # the kernel completes the handshakes; nobody ever reads
+        no_retry = Retry(NoBackoff(), 0)
+        slow = redis.Redis(port=hung.getsockname()[1], socket_connect_timeout=1, socket_timeout=1, retry=no_retry)
+        for module in (task_counters, deadletters, external):
+            monkeypatch.setattr(module, "client" if module is not external else "_redis", lambda: slow)
+        monkeypatch.setattr(metrics.BeatLockCollector, "redis", lambda self: slow)
+        started = time.monotonic()
+        assert value(registry, "exporter_redis_up") == 0
+        took = time.monotonic() - started
+    assert took < 2.5, f"a scrape took {took:.1f}s: each collector waited out the timeout"
+    assert value(registry, "dead_letters") is None and value(registry, "beat_lock_held") is None
 
 
 def test_queue_depth_is_read_at_scrape_and_a_broker_error_is_a_sample(
@@ -96,6 +123,23 @@ def test_queue_depth_is_read_at_scrape_and_a_broker_error_is_a_sample(
     assert value(registry, "exporter_broker_up") == 0
 
 
+def test_dead_letters_and_the_beat_lock_are_read_at_scrape(registry: CollectorRegistry) -> None:
+    before = deadletters.count()
+    process_order.apply(args=({"order_id": "o-dead"},))  # invalid payload: fails for good, one more dead letter
+    assert value(registry, "dead_letters") == before + 1
+    lock = redis.Redis.from_url(settings.redbeat_redis_url)
+    lock.delete(settings.redbeat_lock_key)  # no beat: the alert's condition, and no age to report
+    assert value(registry, "beat_lock_held") == 0
+    assert value(registry, "beat_lock_age_seconds") is None
+    # What a beat renewing the lock leaves: the key with the lock timeout, here renewed 3 s ago.
+    lock.set(settings.redbeat_lock_key, "token", px=int((settings.redbeat_lock_timeout - 3) * 1000))
+    try:
+        assert value(registry, "beat_lock_held") == 1
+        assert 2.5 <= (value(registry, "beat_lock_age_seconds") or 0) <= 4
+    finally:
+        lock.delete(settings.redbeat_lock_key)
+
+
 def test_metric_names_follow_prometheus_conventions(registry: CollectorRegistry) -> None:
     fetch_price.apply(args=("EURUSD",))
     names = {sample.name for family in registry.collect() for sample in family.samples}
@@ -107,13 +151,18 @@ def test_metric_names_follow_prometheus_conventions(registry: CollectorRegistry)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
         text = response.read().decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def sample(port: int, name: str, **labels: str) -> float:
@@ -179,3 +228,27 @@ def test_exporter_counts_tasks_and_reports_the_depth_of_an_unconsumed_queue(work
         exporter.terminate()
         assert exporter.wait(timeout=TIMEOUT) == 0, log.read_text()
     assert [result.get(timeout=TIMEOUT) for result in waiting], "the new worker runs what waited"
+
+
+@pytest.mark.integration
+def test_bin_metrics_answers_a_scrape_in_time_when_redis_hangs() -> None:
+    """Redis accepts connections and never answers: bin/metrics's short timeouts and single retry answer the scrape,
+    with redis_up 0, within Prometheus's default scrape timeout (10 s), so the alert on it can fire."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": url, "CELERY_REDBEAT_REDIS_URL": url, "METRICS_PORT": str(port)}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # bin/metrics runs `python`
+        proc = subprocess.Popen([str(PROJECT / "bin" / "metrics")], env=env, cwd=PROJECT)
+        try:
+            wait_for(lambda: listening(port) or proc.poll() is not None, what="bin/metrics listening")
+            started = time.monotonic()
+            up = scrape(port).get((f"{P}_exporter_redis_up", ()))
+            took = time.monotonic() - started
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"\nscrape with a hung Redis: {took:.1f}s, redis_up {up}")
+    assert up == 0 and took < 10, f"the scrape took {took:.1f}s (redis_up {up})"

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     # Any one reply. Above kombu's BRPOP timeout (1 s, the server answers within it even with no message), so an idle
     # consumer never times out; 10 s leaves room for a slow command on a loaded Redis.
     redis_socket_timeout: float = 10.0
+    # How often this project's own Redis clients (idempotency keys, dead letters, task counters, circuit breakers, the
+    # exporter) retry a command after a connection error or a timeout, with a backoff capped at 1 s: redis-py's
+    # default, 10. Each try may wait the socket timeout, so a Redis that accepts connections and never answers holds a
+    # caller up to (retries + 1) x CELERY_REDIS_SOCKET_TIMEOUT. bin/metrics sets 1: a scrape must answer in time.
+    redis_retries: int = Field(default=10, ge=0)
     # Largest task message accepted, in bytes (tasks/base.py): a bigger one is refused at publish time and dead-lettered
     # by the worker. Pass large data by reference (an id, a URL): big messages slow the broker and every prefetch.
     max_payload_bytes: int = 1_048_576

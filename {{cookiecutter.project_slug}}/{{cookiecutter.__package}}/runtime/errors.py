@@ -30,6 +30,9 @@ from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.celery import CeleryIntegration
 {%- if cookiecutter.use_web == "y" %}
 from sentry_sdk.integrations.fastapi import FastApiIntegration
+{%- endif %}
+from sentry_sdk.integrations.logging import ignore_logger
+{%- if cookiecutter.use_web == "y" %}
 from sentry_sdk.integrations.starlette import StarletteIntegration
 {%- endif %}
 from sentry_sdk.types import Event, Hint
@@ -45,6 +48,11 @@ REPEATED_LOG_RECORDS = (
     ("multiprocessing", "Process %r pid:%r exited with %r"),
     ("celery.worker.request", "Task handler raised error: %r"),
 )
+# Loggers whose ERROR lines never become events (nor breadcrumbs). Celery's consumer quotes the whole message body
+# of a message it refuses (task arguments: personal data; runtime/signals.py logs the refusal without them, and that
+# line is the event) and logs each reconnection attempt while the broker is away (an event per retry per worker);
+# the OpenTelemetry exporter logs each batch it cannot send while the collector is away.
+IGNORED_LOGGERS = ("celery.worker.consumer.consumer", "opentelemetry.*")
 
 
 def init(process: str) -> bool:
@@ -67,6 +75,8 @@ def init(process: str) -> bool:
         integrations=_integrations(),
         before_send=_drop_repeats,
     )
+    for name in IGNORED_LOGGERS:
+        ignore_logger(name)
     # Which process sent it: worker, beat or web (the host name is already there, as server_name).
     sentry_sdk.get_global_scope().set_tag("process", process)
     logger.info("errors are reported to Sentry (environment %s)", settings.sentry_environment or settings.environment)

@@ -25,6 +25,7 @@ import pybreaker
 import redis
 
 from ..config.settings import settings
+from . import redis_store
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def _redis() -> redis.Redis:
         settings.redis_url,
         socket_connect_timeout=settings.redis_socket_connect_timeout,
         socket_timeout=settings.redis_socket_timeout,
+        retry=redis_store.retry(),
         **tls,
     )
 

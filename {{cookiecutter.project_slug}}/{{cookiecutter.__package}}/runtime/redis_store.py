@@ -3,6 +3,8 @@
 from functools import cache
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from ..config.settings import settings
 
@@ -20,8 +22,14 @@ def client() -> redis.Redis:
         # (each redelivered one, through the poison-message counter). No blocking commands use this client.
         socket_connect_timeout=settings.redis_socket_connect_timeout,
         socket_timeout=settings.redis_socket_timeout,
+        retry=retry(),
         **tls,
     )
+
+
+def retry() -> Retry:
+    """redis-py's retry on connection errors and timeouts (its default backoff), CELERY_REDIS_RETRIES times."""
+    return Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), settings.redis_retries)
 
 
 def key(*parts: str) -> str:
