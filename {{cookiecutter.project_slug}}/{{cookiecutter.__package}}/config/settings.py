@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sentry_sdk.utils import BadDsn, Dsn
 
 # stdlib only; reads WORKER_HEARTBEAT_STALE_AFTER, which the probes read without these settings.
 from ..runtime.heartbeat import heartbeat_stale_after
@@ -283,6 +282,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_sentry_dsn(cls, dsn: str | None) -> str | None:
         if dsn:
+            # Imported here: sentry-sdk takes ~0.3 s to import, and every process and probe reads these settings.
+            from sentry_sdk.utils import BadDsn, Dsn
+
             try:  # the SDK's own parser: a bad DSN stops the process at start, not at its first error
                 Dsn(dsn)
             except BadDsn as exc:
