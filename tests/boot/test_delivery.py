@@ -212,11 +212,13 @@ def test_countdown_over_the_limit_is_refused_and_near_ones_due_together_run_once
 
 # --- 3. No double side effect when the broker connection drops mid-task --------------------------------------
 
-WORK_AFTER_EFFECT = 8
+# Long enough for the drop to land while the task still runs: `rabbitmqctl` boots an Erlang VM, seconds on a loaded
+# machine (at 8 s the task had acked before the drop, twice in a full parallel run).
+WORK_AFTER_EFFECT = 16
 DROP = {
-    "CELERY_TASK_TIME_LIMIT": "12",  # the claim's TTL follows it (12 + 30 s), and with it the busy-retry interval
-    "CELERY_TASK_SOFT_TIME_LIMIT": "10",
-    "CELERY_VISIBILITY_TIMEOUT": "15",  # above the task's run, so only a lost ack brings it back
+    "CELERY_TASK_TIME_LIMIT": "22",  # the claim's TTL follows it (22 + 30 s), and with it the busy-retry interval
+    "CELERY_TASK_SOFT_TIME_LIMIT": "20",
+    "CELERY_VISIBILITY_TIMEOUT": "25",  # above the task's run, so only a lost ack brings it back
     "WORKER_CONCURRENCY": "2",  # room for the redelivery to run while the first run goes on
 }
 
