@@ -66,8 +66,10 @@ def main(argv: list[str]) -> int:
     pkg, queues = recorded["__package"], recorded["__queues"].split(",")
     where = project.relative_to(ROOT)
     print(f"rendered {where}  (broker={recorded['broker']}, queues={','.join(queues)})")
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-e", str(project)], check=True)
+    # Editable, without dependencies: they are in this environment already, from the lock (tools/bootstrap.sh). uv
+    # builds it with the project's own backend (uv_build), offline.
+    uv = [str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet", "--offline", "--no-deps"]
+    subprocess.run([*uv, "--python", sys.executable, "-e", str(project)], check=True)
 
     # bin/worker runs `celery` from PATH: this environment's. Servers come from the dev runner, not the caller's env.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
