@@ -4,7 +4,8 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 # Four pytest processes on 2 cores: boot tests mostly wait on servers and workers. --dist loadscope keeps each module
 # on one process, so a module's stack (and the compose tier's dockerd) is set up once; the session `booted` project is
-# named per process (tests/conftest.py).
+# named per process (tests/conftest.py). --no-loadscope-reorder: modules go out in collection order, the longest first
+# (tests/conftest.py, LONGEST_FIRST), not by their number of tests.
 PYTEST_JOBS ?= 4
 
 .PHONY: help bootstrap demo test test-fast lint lock clean
@@ -19,7 +20,7 @@ demo: bootstrap  ## render a project into build/demo, boot Redis and a worker pe
 	$(VENV)/bin/python tools/demo.py $(ARGS)
 
 test: bootstrap  ## every test: hooks, render matrix, and the boot tier against real servers
-	$(VENV)/bin/python -m pytest -n $(PYTEST_JOBS) --dist loadscope $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_JOBS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: bootstrap  ## hooks and render matrix only (seconds)
 	$(VENV)/bin/python -m pytest -m "not boot" $(PYTEST_ARGS)

@@ -326,7 +326,8 @@ def compose_config(project: Path, *files: str, env: dict[str, str] | None = None
 
 def machine_override(config: dict, engine: Engine) -> dict:
     """What the engine needs on top of the user's files: on our dockerd, builds on the host network (it has no default
-    bridge); on engines that ignore start_interval, short intervals, so `up --wait` does not wait 30 s per tier."""
+    bridge); on engines that ignore start_interval, 5 s intervals, so `up --wait` does not wait 30 s per tier. Not
+    shorter: the interval holds for the stack's whole life, and each check of a Python service is a Python start."""
     api = engine.api_version()
     services: dict[str, dict] = {}
     for name, service in config["services"].items():
@@ -334,7 +335,7 @@ def machine_override(config: dict, engine: Engine) -> dict:
         if "build" in service and engine.ours:
             extra["build"] = {"network": "host"}
         if "healthcheck" in service and api < START_INTERVAL_API:
-            extra["healthcheck"] = {"interval": "2s"}
+            extra["healthcheck"] = {"interval": "5s"}
         if extra:
             services[name] = extra
     return {"services": services}

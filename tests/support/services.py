@@ -562,12 +562,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str | Ca
     """
     deadline = time.monotonic() + timeout
     while True:
+        asked = time.monotonic()
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what() if callable(what) else what}: not within {timeout}s")
-        time.sleep(0.1)
+        # As long a pause as the check took (at least 0.1 s, at most 2 s): a check that runs a process (a probe,
+        # doctor, a producer program) then uses at most half a core, and leaves the other half to what it waits for.
+        time.sleep(min(2.0, max(0.1, time.monotonic() - asked)))
 
 
 def eventually(condition: Callable[[], Any], timeout: float) -> bool:
